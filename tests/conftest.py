@@ -1,0 +1,78 @@
+"""Shared fixtures. Every test runs with outbound network blocked: only loopback
+connections (the GCS emulator) are allowed, so any hidden run-time download fails loudly."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class NetworkBlocked(OSError):
+    pass
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # a unix socket path
+        return True
+    host = address[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_loopback(address):
+        raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+    return _real_connect_ex(self, address)
+
+
+def pytest_configure(config):
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """A cache dir shared by the session (one conversion), unless the user set one."""
+    path = os.environ.get("CATALOG_INDEX_CACHE") or str(tmp_path_factory.mktemp("model-cache"))
+    os.environ["CATALOG_INDEX_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_model(model_cache):
+    from models.loader import load_model
+
+    return load_model("efficientnet_lite0", runtime="keras", cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def tflite_model(model_cache, keras_model):
+    from models.loader import load_model
+
+    return load_model("efficientnet_lite0", runtime="tflite", cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    from tests.real_images import real_photos
+
+    return real_photos()

@@ -1,0 +1,181 @@
+"""models/: the offline EfficientNet-Lite0, preprocessing, labels, captions, TFLite."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from models import preprocessing as pp
+from models.captioner import LabelColorCaptioner, dominant_colors
+from models.labels import imagenet_class_names
+from models.loader import LITE0_PREPROCESSING, ModelLoadError, load_model
+from tests.real_images import decode_edge_cases, encode
+
+SPEC = LITE0_PREPROCESSING
+
+
+def embed(model, images):
+    batch = np.stack([pp.preprocess_image(data, SPEC).pixels for data in images])
+    return model.predict(batch)
+
+
+def top_labels(probabilities, k):
+    names = imagenet_class_names()
+    return [names[i] for i in np.argsort(-probabilities)[:k]]
+
+
+def test_network_is_blocked_for_the_whole_suite():
+    with pytest.raises(OSError, match="reach the network"):
+        socket.create_connection(("8.8.8.8", 53), timeout=1)
+
+
+def test_model_declares_what_the_manifest_records(keras_model):
+    info = keras_model.info.to_manifest()
+    assert info["name"] == "efficientnet_lite0"
+    assert info["input_size"] == 224 and info["embedding_dim"] == 1280
+    assert info["num_classes"] == 1000 and len(info["fingerprint"]) == 64
+    assert info["preprocessing"]["scale"] == 1 / 128 and info["preprocessing"]["offset"] == -127 / 128
+    assert sum(np.prod(w.shape) for w in keras_model.model.weights
+               if "moving" not in w.path) == 4_652_008  # trainable params of Lite0
+
+
+def test_class_names_are_in_imagenet_order():
+    names = imagenet_class_names()
+    assert len(names) == 1000
+    assert (names[967], names[770], names[285], names[0]) == ("espresso", "sneaker", "domestic cat", "tench")
+
+
+def test_coffee_is_espresso_and_cat_is_a_cat(keras_model, photos):
+    output = embed(keras_model, [encode(photos["coffee"]), encode(photos["chelsea"])])
+    coffee, cat = output.probabilities
+    assert top_labels(coffee, 1) == ["espresso"] and coffee.max() >= 0.8
+    assert any("cat" in label for label in top_labels(cat, 3))
+    norms = np.linalg.norm(output.embeddings, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, words", [
+    ("coffee", {"espresso"}), ("chelsea", {"cat"}), ("camera", {"tripod", "camera"}),
+    ("rocket", {"rig", "missile", "rocket", "crane"}),
+])
+def test_captions_name_what_is_in_the_photo(keras_model, photos, name, words):
+    pre = pp.preprocess_image(encode(photos[name]), SPEC)
+    caption = LabelColorCaptioner().caption(
+        keras_model.predict(pre.pixels[None]).probabilities[0], pre.content)
+    assert any(word in caption.text for word in words), caption.text
+    assert caption.labels[0][1] >= caption.labels[-1][1]
+
+
+def test_caption_colors_ignore_a_white_background():
+    # A red product photographed on white: the product is red, the photo mostly white.
+    pixels = np.full((224, 224, 3), 255, np.uint8)
+    pixels[80:150, 60:170] = (200, 20, 30)
+    pixels[150:160, 60:170] = (250, 250, 250)  # a white sole
+    assert [name for name, _ in dominant_colors(pixels)] == ["red"]
+    caption = LabelColorCaptioner(threshold=0.5).caption(np.full(1000, 0.001), pixels)
+    assert caption.text == "red product"  # no confident label: the fallback word
+
+
+def test_tflite_agrees_with_keras_on_real_photos(keras_model, tflite_model, photos):
+    assert len(photos) >= 20
+    images = [encode(photo) for photo in photos.values()]
+    keras_out, tflite_out = embed(keras_model, images), embed(tflite_model, images)
+    cosine = np.sum(keras_out.embeddings * tflite_out.embeddings, axis=1)
+    assert cosine.min() >= 0.999, dict(zip(photos, cosine))
+    assert tflite_model.info.fingerprint == keras_model.info.fingerprint
+
+
+
+
+@pytest.fixture(scope="module")
+def edge_cases(photos):
+    return decode_edge_cases(photos)
+
+
+@pytest.mark.parametrize("name", [
+    "cmyk.jpg", "sixteen_bit.png", "palette_transparent.png", "animated.gif", "exif_rotated.jpg",
+    "alpha.png", "photo.webp", "photo.bmp", "photo.tiff", "truncated.jpg", "empty.jpg",
+    "text.jpg", "huge.png"])
+def test_every_decode_edge_case(edge_cases, name):
+    data, expected = edge_cases[name]
+    if expected != "ok":
+        with pytest.raises(pp.ImageError) as raised:
+            pp.preprocess_image(data, SPEC)
+        assert type(raised.value).__name__ == expected
+        assert str(raised.value)  # a message a person can read
+        return
+    result = pp.preprocess_image(data, SPEC)
+    assert result.pixels.shape == (224, 224, 3) and result.pixels.dtype == np.uint8
+
+
+def test_decoded_edge_cases_look_like_the_original(keras_model, photos, edge_cases):
+    """Each format decodes to the same picture: its embedding matches the plain JPEG's."""
+    reference = embed(keras_model, [encode(photos["coffee"], quality=95)]).embeddings[0]
+    for name in ("cmyk.jpg", "animated.gif", "exif_rotated.jpg", "photo.webp", "photo.bmp",
+                 "photo.tiff"):
+        vector = embed(keras_model, [edge_cases[name][0]]).embeddings[0]
+        assert float(vector @ reference) >= 0.9, name
+
+
+def test_exif_orientation_reports_upright_size(edge_cases):
+    result = pp.preprocess_image(edge_cases["exif_rotated.jpg"][0], SPEC)
+    assert (result.width, result.height) == (600, 400)
+
+
+def test_sixteen_bit_png_keeps_its_tones(edge_cases, photos):
+    data, _ = edge_cases["sixteen_bit.png"]
+    assert data[24] == 16  # PNG IHDR bit depth: really a 16-bit file
+    image, _, _ = pp.decode_image(data, 224)
+    np.testing.assert_array_equal(np.asarray(image)[..., 0], photos["camera"][..., 0])
+
+
+def test_transparency_is_composited_on_white(edge_cases):
+    image, _, _ = pp.decode_image(edge_cases["alpha.png"][0], 224)
+    assert np.all(np.asarray(image)[:40] == 255)
+    palette, _, _ = pp.decode_image(edge_cases["palette_transparent.png"][0], 224)
+    assert np.any(np.all(np.asarray(palette) == 255, axis=-1))
+
+
+def test_large_jpeg_is_decoded_at_reduced_size(photos):
+    big = np.asarray(pp.Image.fromarray(photos["retina"]).resize((2800, 2800)))
+    image, width, height = pp.decode_image(encode(big, quality=90), 224)
+    assert (width, height) == (2800, 2800)
+    assert 224 <= image.width <= 2800 // 8 * 2  # DCT-scaled, still large enough
+
+
+def test_auto_fit_pads_plain_backgrounds_and_crops_full_frames(photos):
+    product = np.full((300, 600, 3), 250, np.uint8)
+    product[100:200, 200:400] = (10, 60, 200)
+    padded = pp.preprocess_image(encode(product, "PNG"), SPEC)
+    assert padded.content_box == (0, 56, 224, 168)  # letterboxed, the whole product kept
+    cropped = pp.preprocess_image(encode(photos["coffee"]), SPEC)
+    assert cropped.content_box == (0, 0, 224, 224)
+
+
+def test_a_saved_keras_model_loads_by_path(keras_model, tmp_path, photos, model_cache):
+    path = str(tmp_path / "mine.keras")
+    keras_model.model.save(path)
+    mine = load_model(path, runtime="keras", cache_dir=model_cache)
+    assert mine.info.embedding_dim == 1280
+    assert mine.info.preprocessing.input_size == 224
+    batch = np.stack([pp.preprocess_image(encode(photos["coffee"]), mine.info.preprocessing).pixels])
+    assert mine.predict(batch).embeddings.shape == (1, 1280)
+
+
+def test_a_savedmodel_folder_loads_with_its_sidecar(keras_model, tmp_path, photos, model_cache):
+    folder = tmp_path / "exported"
+    keras_model.model.export(str(folder), format="tf_saved_model", verbose=False)
+    (folder / "catalog_model.json").write_text(
+        '{"name": "lite0-export", "preprocessing": {"scale": 0.0078125, "offset": -0.9921875}}')
+    exported = load_model(str(folder), cache_dir=model_cache)
+    assert exported.info.name == "lite0-export" and exported.info.embedding_dim == 1280
+    images = [encode(photos["coffee"]), encode(photos["chelsea"])]
+    cosine = np.sum(embed(exported, images).embeddings * embed(keras_model, images).embeddings, 1)
+    assert cosine.min() >= 0.9999
+
+
+def test_unknown_model_is_a_clear_error(model_cache):
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        load_model("resnet9000", cache_dir=model_cache)
