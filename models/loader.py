@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -116,8 +117,10 @@ class TFLiteEmbeddingModel(EmbeddingModel):
         import tensorflow as tf
 
         self.info = info
-        self.interpreter = tf.lite.Interpreter(
-            model_path=tflite_path, num_threads=num_threads or os.cpu_count())
+        with warnings.catch_warnings():  # tf.lite.Interpreter's notice about LiteRT
+            warnings.simplefilter("ignore", UserWarning)
+            self.interpreter = tf.lite.Interpreter(
+                model_path=tflite_path, num_threads=num_threads or os.cpu_count())
         self.runner = self.interpreter.get_signature_runner()
         (self.input_name,) = self.runner.get_input_details()
 

@@ -1,0 +1,110 @@
+"""The artifact contract: the one place that defines what a published version holds.
+
+Writers (transforms/) and readers (search/) both import this module; nothing else spells
+out a file name, a column or a manifest key.
+
+Layout::
+
+    <root>/versions/<version_id>/manifest.json          written last inside the version
+    <root>/versions/<version_id>/index/shard-00000-of-00008.ann
+    <root>/versions/<version_id>/metadata/part-00000-of-00008.parquet
+    <root>/versions/<version_id>/embeddings/part-00000-of-00008.parquet
+    <root>/versions/<version_id>/errors/part-00000-of-00001.parquet
+    <root>/versions/<version_id>/report.json
+    <root>/LATEST                                        the published version_id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+ANNOY_METRIC = "angular"
+
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.json"
+LATEST_FILE = "LATEST"
+VERSIONS_DIR = "versions"
+
+# Stages an item can fail in; "dedupe" rows are duplicates, counted apart from failures.
+STAGES = ("read", "dedupe", "fetch", "decode", "embed", "caption")
+DUPLICATE_STAGE = "dedupe"
+
+_SCHEMA_METADATA = {b"schema_version": str(SCHEMA_VERSION).encode()}
+
+LABEL_TYPE = pa.struct([("label", pa.string()), ("score", pa.float32())])
+COLOR_TYPE = pa.struct([("name", pa.string()), ("fraction", pa.float32())])
+
+# Passthrough catalog columns (title, category, ...) follow these, as strings.
+METADATA_FIELDS = [
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("shard", pa.int32(), nullable=False),
+    pa.field("annoy_id", pa.int32(), nullable=False),
+    pa.field("image_uri", pa.string()),
+    pa.field("sha256", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("caption", pa.string()),
+    pa.field("labels", pa.list_(LABEL_TYPE)),
+    pa.field("colors", pa.list_(COLOR_TYPE)),
+]
+RESERVED_COLUMNS = frozenset(field.name for field in METADATA_FIELDS) | {"passthrough"}
+
+EMBEDDINGS_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("sha256", pa.string()),
+    pa.field("model_fingerprint", pa.string()),
+    pa.field("vector", pa.list_(pa.float32())),
+], metadata=_SCHEMA_METADATA)
+
+ERRORS_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string()),
+    pa.field("image_uri", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("error_type", pa.string()),
+    pa.field("message", pa.string()),
+], metadata=_SCHEMA_METADATA)
+
+
+def metadata_schema(passthrough_columns=()) -> pa.Schema:
+    """The metadata schema for a catalog with these passthrough columns (sorted)."""
+    extra = [pa.field(name, pa.string()) for name in sorted(passthrough_columns)]
+    return pa.schema(METADATA_FIELDS + extra, metadata=_SCHEMA_METADATA)
+
+
+def join(*parts: str) -> str:
+    """Join path parts for local paths and gs:// URIs alike."""
+    return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
+
+
+def version_dir(root: str, version_id: str) -> str:
+    return join(root, VERSIONS_DIR, version_id)
+
+
+def shard_suffix(shard: int, num_shards: int) -> str:
+    return f"{shard:05d}-of-{num_shards:05d}"
+
+
+def index_file(shard: int, num_shards: int) -> str:
+    return f"index/shard-{shard_suffix(shard, num_shards)}.ann"
+
+
+def metadata_file(shard: int, num_shards: int) -> str:
+    return f"metadata/part-{shard_suffix(shard, num_shards)}.parquet"
+
+
+def embeddings_file(shard: int, num_shards: int) -> str:
+    return f"embeddings/part-{shard_suffix(shard, num_shards)}.parquet"
+
+
+ERRORS_PREFIX = "errors/part"
+
+
+def shard_of(item_id: str, num_shards: int) -> int:
+    """Stable across runs, machines and Python versions (unlike ``hash()``)."""
+    digest = hashlib.sha256(item_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_shards

@@ -1,0 +1,218 @@
+"""The nightly build: catalog -> embeddings -> captions -> sharded Annoy + Parquet -> publish.
+
+    python -m pipelines.build_index --catalog 'images/**/*.jpg' --output ./out [--num-shards 8]
+    catalog-index build --catalog catalog.parquet --output gs://bucket/index --runner DataflowRunner ...
+
+Options not listed in ``--help`` are Beam pipeline options (``--runner``, ``--temp_location``,
+``--direct_running_mode``...). Locally the default is Beam's DirectRunner in multi-processing
+mode with one worker per core. Exit status: 0 when the version was validated and published,
+1 when the build ran but was not published, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from catalog_index import storage
+from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
+from models.loader import DEFAULT_MODEL, RUNTIMES, ModelLoadError, load_model
+from models.preprocessing import DEFAULT_MAX_PIXELS
+from transforms.annoy_shard import BuildAnnoyShard
+from transforms.caption import Caption
+from transforms.embed import Embed, EmbeddingModelHandler
+from transforms.errors import ERRORS
+from transforms.fetch import FetchImages
+from transforms.preprocess import DecodeAndPreprocess
+from transforms.publish import Publish
+from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
+from transforms.shard import GroupIntoShards
+from transforms.validate import Validate
+from transforms.write_metadata import WriteErrors, WriteShardParquet
+
+LOCAL_DEFAULTS = {"runner": "DirectRunner", "direct_running_mode": "multi_processing",
+                  "direct_num_workers": str(os.cpu_count() or 1)}
+
+
+class UsageError(Exception):
+    """A bad flag or input: reported as one line, exit status 2."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def add_build_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every build option, each spelled with dashes and (for Dataflow templates) underscores."""
+    def option(name, **kwargs):
+        spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
+        parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+    option("catalog", required=True, metavar="SRC",
+           help="a glob of image files (item_id = path below the glob's fixed folder, no "
+                "extension) or a catalog file (.csv, .jsonl, .parquet) with item_id and "
+                "image_uri columns; other columns pass through to the metadata")
+    option("output", required=True, metavar="ROOT",
+           help="output root, local or gs://; versions go to ROOT/versions/<id>/, and "
+                "ROOT/LATEST names the published one")
+    option("num-shards", type=_positive_int, default=8, metavar="N",
+           help="number of Annoy index shards (default 8)")
+    option("version-id", metavar="ID", default=None,
+           help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
+    option("model", default=DEFAULT_MODEL,
+           help="efficientnet_lite0 (default), a .keras file, a SavedModel / TF Hub folder "
+                "(local or gs://), or hub:HANDLE")
+    option("runtime", choices=RUNTIMES, default="auto",
+           help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
+    option("batch-size", type=_positive_int, default=32, metavar="N",
+           help="largest inference batch per worker (default 32)")
+    option("n-trees", type=_positive_int, default=32, metavar="N",
+           help="Annoy trees per shard (default 32)")
+    option("seed", type=int, default=42, help="Annoy build seed (default 42)")
+    option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+           help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
+
+
+def parse_args(argv: List[str]):
+    """-> (build options namespace, Beam PipelineOptions). Raises UsageError."""
+    parser = _OneLineParser(prog="catalog-index build", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_build_arguments(parser)
+    args, beam_args = parser.parse_known_args(argv)
+    unknown = unknown_beam_args(beam_args)
+    if unknown:
+        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
+    given = {arg.lstrip("-").split("=")[0] for arg in beam_args if arg.startswith("--")}
+    defaults = [] if "runner" in given else [
+        f"--{key}={value}" for key, value in LOCAL_DEFAULTS.items() if key not in given]
+    return args, PipelineOptions(beam_args + defaults)
+
+
+def unknown_beam_args(beam_args: List[str]) -> List[str]:
+    """Arguments that no Beam options class knows (Beam itself would only warn)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    classes, seen = list(PipelineOptions.__subclasses__()), set()
+    while classes:
+        cls = classes.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        classes.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            pass  # an option two classes share
+    _, unknown = parser.parse_known_args(beam_args)
+    return [arg for arg in unknown if arg.startswith("-")]
+
+
+def default_version_id() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_columns) -> None:
+    """Wire the stages; ``build`` carries the version, model and index settings."""
+    out_dir = build["version_dir"]
+    spec_model = build["model_info"]
+    catalog = pipeline | "ReadCatalog" >> ReadCatalog(args.catalog)
+    fetched = catalog["items"] | "FetchImages" >> FetchImages()
+    decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
+        spec_model.preprocessing, args.max_pixels)
+    handler = EmbeddingModelHandler(args.model, spec_model.runtime,
+                                    min_batch_size=min(8, args.batch_size),
+                                    max_batch_size=args.batch_size)
+    embedded = decoded.items | "Embed" >> Embed(handler)
+    captioned = embedded["items"] | "Caption" >> Caption(class_names=spec_model.class_names)
+
+    shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(args.num_shards)
+    index_summaries = shards | "BuildAnnoyShard" >> beam.ParDo(BuildAnnoyShard(
+        out_dir, args.num_shards, spec_model.embedding_dim, args.n_trees, args.seed))
+    parquet_parts = shards | "WriteMetadata" >> beam.ParDo(WriteShardParquet(
+        out_dir, args.num_shards, passthrough_columns, spec_model.fingerprint))
+
+    errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
+               captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
+    errors_written = errors | "WriteErrors" >> WriteErrors(out_dir)
+
+    manifest_build = {key: value for key, value in build.items() if key != "model_info"}
+    manifests = index_summaries | "Validate" >> Validate(
+        manifest_build, parquet_parts, catalog["input_count"], errors, errors_written)
+    _ = manifests | "Publish" >> Publish(args.output, out_dir)
+
+
+def plan_build(args) -> dict:
+    """Check inputs and load the model once (which also fills the conversion cache)."""
+    if args.output.startswith("gs://") is False and "://" in args.output:
+        raise UsageError(f"--output {args.output}: only local paths and gs:// are supported")
+    passthrough = catalog_columns(args.catalog)
+    version_id = args.version_id or default_version_id()
+    out_dir = version_dir(args.output, version_id)
+    if storage.exists(out_dir):
+        raise UsageError(f"version {version_id} already exists at {out_dir}; "
+                         "choose another --version-id")
+    model = load_model(args.model, args.runtime)
+    return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
+            "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": model.info.to_manifest(), "model_info": model.info,
+            "index": {"num_shards": args.num_shards, "n_trees": args.n_trees, "seed": args.seed},
+            "options": {key: value for key, value in sorted(vars(args).items())},
+            "passthrough_columns": passthrough}
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Parse, build, run, and report. Returns the exit status."""
+    try:
+        args, pipeline_options = parse_args(sys.argv[1:] if argv is None else argv)
+        build = plan_build(args)
+    except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
+        print(f"catalog-index build: error: {error}", file=sys.stderr)
+        return 2
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        build_pipeline(pipeline, args, build, build["passthrough_columns"])
+    return report_outcome(args.output, build)
+
+
+def report_outcome(output_root: str, build: dict) -> int:
+    manifest_path = join(build["version_dir"], MANIFEST_FILE)
+    manifest = json.loads(storage.read_text(manifest_path))
+    counts = manifest["counts"]
+    latest = (storage.read_optional_text(join(output_root, LATEST_FILE)) or "").strip()
+    print(f"version {manifest['version_id']}: {counts['input']} input, {counts['indexed']} indexed, "
+          f"{counts['failed']} failed, {counts['duplicate']} duplicate, "
+          f"{len(manifest['index']['shards'])} shards, {manifest['timings']['seconds']:.1f} s")
+    if manifest["validation"]["passed"] and latest == manifest["version_id"]:
+        print(f"published: {join(output_root, LATEST_FILE)} -> {latest}")
+        return 0
+    for problem in manifest["validation"]["problems"]:
+        print(f"validation failed: {problem}", file=sys.stderr)
+    print(f"not published; {join(output_root, LATEST_FILE)} still names {latest or 'nothing'}",
+          file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

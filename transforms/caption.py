@@ -1,0 +1,39 @@
+"""Caption: labels, colors and caption text for each embedded item (models.captioner)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import apache_beam as beam
+
+from models.captioner import Captioner, LabelColorCaptioner
+from transforms.errors import ERRORS, counter, dead_letter
+
+
+class CaptionItem(beam.DoFn):
+    def __init__(self, captioner: Captioner):
+        self.captioner = captioner
+
+    def process(self, item):
+        x0, y0, x1, y1 = item.pop("content_box")
+        pixels = item.pop("pixels")
+        probabilities = item.pop("probabilities")
+        try:
+            caption = self.captioner.caption(probabilities, pixels[y0:y1, x0:x1])
+        except Exception as error:
+            yield dead_letter(item, "caption", error)
+            return
+        counter("captioned").inc()
+        yield {**item, "caption": caption.text,
+               "labels": [{"label": label, "score": score} for label, score in caption.labels],
+               "colors": [{"name": name, "fraction": share} for name, share in caption.colors]}
+
+
+class Caption(beam.PTransform):
+    def __init__(self, captioner: Optional[Captioner] = None, class_names=None):
+        super().__init__()
+        self.captioner = captioner or LabelColorCaptioner(class_names=class_names)
+
+    def expand(self, items):
+        return items | "Caption" >> beam.ParDo(CaptionItem(self.captioner)).with_outputs(
+            ERRORS, main="items")

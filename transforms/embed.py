@@ -1,0 +1,83 @@
+"""Embed: batched inference with Beam's RunInference and a model handler over models/.
+
+One model per worker process (RunInference's shared handle), batches bounded by
+``max_batch_size`` (RunInference would otherwise grow them to 10,000). A batch that
+fails is retried item by item, so one bad item cannot take its neighbours down; an item
+that fails alone becomes a dead letter of stage ``embed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from models.loader import EmbeddingModel, load_model
+from transforms.errors import ERRORS, counter, dead_letter
+
+
+class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
+    """Items with ``pixels`` in, the same items with ``embedding`` and ``probabilities`` out."""
+
+    def __init__(self, model: str, runtime: str = "auto", min_batch_size: int = 8,
+                 max_batch_size: int = 32, cache_dir: Optional[str] = None):
+        super().__init__()
+        self.model, self.runtime, self.cache_dir = model, runtime, cache_dir
+        self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
+
+    def load_model(self) -> EmbeddingModel:
+        return load_model(self.model, self.runtime, self.cache_dir)
+
+    def run_inference(self, batch: Sequence[dict], model: EmbeddingModel,
+                      inference_args: Optional[Dict[str, Any]] = None) -> Iterable[dict]:
+        try:
+            output = model.predict(np.stack([item["pixels"] for item in batch]))
+        except Exception:
+            if len(batch) == 1:
+                raise
+            for item in batch:  # find the culprit; the others still get embedded
+                yield from self._run_one(item, model)
+            return
+        for index, item in enumerate(batch):
+            probabilities = None if output.probabilities is None else output.probabilities[index]
+            yield {**item, "embedding": output.embeddings[index], "probabilities": probabilities}
+
+    def _run_one(self, item: dict, model: EmbeddingModel) -> Iterable[dict]:
+        try:
+            yield from self.run_inference([item], model)
+        except Exception as error:
+            yield {**item, "embed_error": error}
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}
+
+    def get_num_bytes(self, batch: Sequence[dict]) -> int:
+        return sum(item["pixels"].nbytes for item in batch)
+
+
+class _CheckEmbedding(beam.DoFn):
+    """Items that failed inference, or got a non-finite vector, must not reach the index."""
+
+    def process(self, item):
+        error = item.pop("embed_error", None)
+        if error is None and not np.all(np.isfinite(item["embedding"])):
+            error = ValueError("model produced a non-finite embedding")
+        if error is not None:
+            yield dead_letter(item, "embed", error)
+            return
+        counter("embedded").inc()
+        yield item
+
+
+class Embed(beam.PTransform):
+    def __init__(self, handler: EmbeddingModelHandler):
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, items):
+        return (items
+                | "RunInference" >> RunInference(self.handler)
+                | "CheckEmbedding" >> beam.ParDo(_CheckEmbedding()).with_outputs(
+                    ERRORS, main="items"))

@@ -1,0 +1,28 @@
+"""Dead letters: every stage sends the items it cannot handle to one tagged output.
+
+An error row names the item, the stage, the exception type and a readable message; the
+build writes them all to ``errors/`` and counts them in the manifest.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+ERRORS = "errors"  # the tag of every stage's dead-letter output
+NAMESPACE = "catalog_index"
+
+
+def error_row(item: dict, stage: str, error_type: str, message: str) -> dict:
+    return {"item_id": item.get("item_id"), "image_uri": item.get("image_uri"),
+            "stage": stage, "error_type": error_type, "message": message}
+
+
+def dead_letter(item: dict, stage: str, error: Exception) -> beam.pvalue.TaggedOutput:
+    """Tag ``item`` as failed in ``stage`` because of ``error``, and count it."""
+    beam.metrics.Metrics.counter(NAMESPACE, f"failed_{stage}").inc()
+    return beam.pvalue.TaggedOutput(
+        ERRORS, error_row(item, stage, type(error).__name__, str(error) or repr(error)))
+
+
+def counter(name: str):
+    return beam.metrics.Metrics.counter(NAMESPACE, name)

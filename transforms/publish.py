@@ -1,0 +1,43 @@
+"""Publish: write report.json, then manifest.json (last inside the version), then LATEST,
+and LATEST only when validation passed."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+
+from catalog_index import storage
+from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, REPORT_FILE, join
+from transforms.errors import counter
+
+
+def report_from_manifest(manifest: dict) -> dict:
+    return {key: manifest[key] for key in ("version_id", "counts", "quality", "validation",
+                                            "timings")}
+
+
+class _PublishVersion(beam.DoFn):
+    def __init__(self, output_root: str, version_dir: str):
+        self.output_root, self.version_dir = output_root, version_dir
+
+    def process(self, manifest):
+        storage.write_text(join(self.version_dir, REPORT_FILE),
+                           json.dumps(report_from_manifest(manifest), indent=2))
+        storage.write_text(join(self.version_dir, MANIFEST_FILE), json.dumps(manifest, indent=2))
+        if manifest["validation"]["passed"]:
+            storage.write_text(join(self.output_root, LATEST_FILE), manifest["version_id"] + "\n")
+            counter("published").inc()
+        else:
+            counter("validation_failed").inc()
+        yield manifest["validation"]["passed"]
+
+
+class Publish(beam.PTransform):
+    def __init__(self, output_root: str, version_dir: str):
+        super().__init__()
+        self.output_root, self.version_dir = output_root, version_dir
+
+    def expand(self, manifests):
+        return manifests | "PublishVersion" >> beam.ParDo(
+            _PublishVersion(self.output_root, self.version_dir))

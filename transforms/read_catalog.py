@@ -1,0 +1,173 @@
+"""ReadCatalog: a glob of image files, or a CSV / JSON Lines / Parquet catalog, as item rows.
+
+An item row is ``{"item_id", "image_uri", "passthrough": {column: str}}``. Rows without an
+item_id or image_uri are dead letters (stage ``read``); of several rows with one item_id,
+the first by (image_uri, passthrough) is kept and the others are dead letters with stage
+``dedupe``, counted as duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from catalog_index.schema import DUPLICATE_STAGE, RESERVED_COLUMNS
+from transforms.errors import ERRORS, counter, error_row
+
+CATALOG_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json",
+                   ".parquet": "parquet"}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class CatalogError(ValueError):
+    """The catalog source cannot be read; the message says why."""
+
+
+def is_glob(source: str) -> bool:
+    return bool(_GLOB_CHARS.search(source))
+
+
+def glob_root(pattern: str) -> str:
+    """The folder part of a glob before its first wildcard: item ids are relative to it."""
+    fixed = pattern[: _GLOB_CHARS.search(pattern).start()]
+    return fixed[: fixed.rfind("/") + 1]
+
+
+def item_id_for_path(path: str, root: str) -> str:
+    relative = path[len(root):] if path.startswith(root) else os.path.basename(path)
+    return posixpath.splitext(relative.replace(os.sep, "/"))[0]
+
+
+def catalog_format(source: str) -> str:
+    extension = os.path.splitext(source)[1].lower()
+    if extension not in CATALOG_FORMATS:
+        raise CatalogError(
+            f"--catalog {source}: expected a glob of images or a .csv, .jsonl or .parquet file")
+    return CATALOG_FORMATS[extension]
+
+
+def _open_table_batches(path: str, fmt: str):
+    """Yield pyarrow RecordBatches of a catalog file, streaming where the format allows."""
+    import pyarrow.csv
+    import pyarrow.json
+    import pyarrow.parquet
+
+    stream = FileSystems.open(path)
+    if fmt == "parquet":
+        yield from pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=10_000)
+    elif fmt == "csv":
+        options = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+        reader = pyarrow.csv.open_csv(stream, convert_options=options,
+                                      read_options=pyarrow.csv.ReadOptions(block_size=1 << 22))
+        yield from reader
+    else:
+        yield from pyarrow.json.read_json(stream).to_batches(max_chunksize=10_000)
+
+
+def catalog_columns(source: str) -> list:
+    """The passthrough columns of a catalog (empty for a glob), read from its header."""
+    if is_glob(source):
+        return []
+    try:
+        if not FileSystems.exists(source):
+            raise CatalogError(f"--catalog {source}: file not found")
+        first = next(_open_table_batches(source, catalog_format(source)), None)
+    except CatalogError:
+        raise
+    except Exception as error:
+        raise CatalogError(f"--catalog {source}: cannot read it ({error})") from None
+    names = [] if first is None else first.schema.names
+    missing = {"item_id", "image_uri"} - set(names)
+    if missing:
+        raise CatalogError(f"--catalog {source}: missing column(s) {', '.join(sorted(missing))}")
+    return sorted(name for name in names if name not in RESERVED_COLUMNS)
+
+
+def _as_text(value):
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) \
+        else str(value)
+
+
+def _resolve_uri(uri: str, catalog_path: str) -> str:
+    """Relative image URIs are relative to the catalog file's folder."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return FileSystems.join(posixpath.dirname(catalog_path) if "://" in catalog_path
+                            else os.path.dirname(os.path.abspath(catalog_path)), uri)
+
+
+class ReadCatalogFile(beam.DoFn):
+    def process(self, path):
+        for batch in _open_table_batches(path, catalog_format(path)):
+            for row in batch.to_pylist():
+                item_id, uri = _as_text(row.pop("item_id", None)), row.pop("image_uri", None)
+                item = {"item_id": item_id, "image_uri": uri,
+                        "passthrough": {key: _as_text(value) for key, value in row.items()
+                                        if key not in RESERVED_COLUMNS}}
+                counter("read").inc()
+                if not item_id or not uri:
+                    counter("failed_read").inc()
+                    yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                        item, "read", "MissingField", "row has no item_id or no image_uri"))
+                    continue
+                item["image_uri"] = _resolve_uri(str(uri), path)
+                yield item
+
+
+class _KeepFirstPerItemId(beam.DoFn):
+    def process(self, keyed):
+        _item_id, rows = keyed
+        ordered = sorted(rows, key=lambda row: (row["image_uri"],
+                                                json.dumps(row["passthrough"], sort_keys=True)))
+        yield ordered[0]
+        for duplicate in ordered[1:]:
+            counter("duplicate").inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                duplicate, DUPLICATE_STAGE, "DuplicateItemId",
+                f"item_id already present; kept image_uri {ordered[0]['image_uri']}"))
+
+
+class ReadCatalog(beam.PTransform):
+    """source -> {"items", "errors", "input_count"}. Items are deduplicated by item_id;
+    ``input_count`` is a one-element PCollection: every row read, good or bad."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def expand(self, pbegin):
+        if is_glob(self.source):
+            root = glob_root(self.source)
+            rows = (pbegin
+                    | "MatchImages" >> fileio.MatchFiles(self.source)
+                    | "ToItems" >> beam.Map(lambda meta: {
+                        "item_id": item_id_for_path(meta.path, root), "image_uri": meta.path,
+                        "passthrough": {}})
+                    | "CountRead" >> beam.Map(_count_read))
+            read_errors = pbegin | "NoReadErrors" >> beam.Create([])
+        else:
+            read = (pbegin
+                    | "CatalogPath" >> beam.Create([self.source])
+                    | "ReadRows" >> beam.ParDo(ReadCatalogFile()).with_outputs(ERRORS, main="rows"))
+            rows, read_errors = read.rows, read[ERRORS]
+        deduped = (rows
+                   | "ByItemId" >> beam.GroupBy(lambda item: item["item_id"])
+                   | "KeepFirst" >> beam.ParDo(_KeepFirstPerItemId()).with_outputs(
+                       ERRORS, main="items"))
+        errors = (read_errors, deduped[ERRORS]) | "ReadErrors" >> beam.Flatten()
+        input_count = ((rows, read_errors) | "AllRows" >> beam.Flatten()
+                       | "CountInput" >> beam.combiners.Count.Globally())
+        return {"items": deduped.items, "errors": errors, "input_count": input_count}
+
+
+def _count_read(item):
+    counter("read").inc()
+    return item

@@ -1,0 +1,120 @@
+"""Validate: check the written version against what the pipeline counted, and assemble the
+manifest. Nothing is published here; :mod:`transforms.publish` acts on the verdict."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import tempfile
+from importlib import metadata as package_metadata
+
+import apache_beam as beam
+
+from catalog_index import storage
+from catalog_index.schema import ANNOY_METRIC, DUPLICATE_STAGE, SCHEMA_VERSION, join
+from transforms.annoy_shard import sha256_of_file
+
+
+def count_errors_by_stage(errors):
+    """errors -> one dict {stage: count}."""
+    return (errors
+            | "StageOfError" >> beam.Map(lambda row: (row["stage"], 1))
+            | "CountByStage" >> beam.CombinePerKey(sum)
+            | "AsOneDict" >> beam.combiners.ToDict())
+
+
+def check_shard_file(version_dir: str, shard: dict, dimension: int) -> list:
+    """Problems with one written shard: checksum, and the item count Annoy sees."""
+    from annoy import AnnoyIndex
+
+    problems = []
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "shard.ann")
+        storage.download_file(join(version_dir, shard["index_file"]), local)
+        if sha256_of_file(local) != shard["sha256"]:
+            problems.append(f"{shard['index_file']}: checksum differs from the one written")
+        index = AnnoyIndex(dimension, ANNOY_METRIC)
+        index.load(local)
+        if index.get_n_items() != shard["items"]:
+            problems.append(f"{shard['index_file']}: Annoy holds {index.get_n_items()} items, "
+                            f"expected {shard['items']}")
+        index.unload()
+    return problems
+
+
+class _ValidateVersion(beam.DoFn):
+    def __init__(self, build: dict):
+        self.build = build  # version_id, version_dir, model, index options, source, options
+
+    def process(self, _unused, shards, parquet_parts, input_count, errors_by_stage, _errors_written):
+        build = self.build
+        by_shard = {part["shard"]: part for part in parquet_parts}
+        shard_entries = sorted(({**shard, **by_shard[shard["shard"]]} for shard in shards),
+                               key=lambda entry: entry["shard"])
+        duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
+        counts = {"input": input_count,
+                  "indexed": sum(entry["items"] for entry in shard_entries),
+                  "failed": sum(errors_by_stage.values()) - duplicate,
+                  "duplicate": duplicate,
+                  "failed_by_stage": {stage: count for stage, count in sorted(errors_by_stage.items())
+                                      if stage != DUPLICATE_STAGE}}
+        problems = []
+        if counts["input"] != counts["indexed"] + counts["failed"] + counts["duplicate"]:
+            problems.append(f"counts do not add up: input {counts['input']} != indexed "
+                            f"{counts['indexed']} + failed {counts['failed']} + duplicate "
+                            f"{counts['duplicate']}")
+        if len(shard_entries) != build["index"]["num_shards"]:
+            problems.append(f"{len(shard_entries)} shards written, expected "
+                            f"{build['index']['num_shards']}")
+        for entry in shard_entries:
+            if entry["metadata_rows"] != entry["items"]:
+                problems.append(f"shard {entry['shard']}: {entry['metadata_rows']} metadata rows "
+                                f"for {entry['items']} indexed items")
+            problems.extend(check_shard_file(build["version_dir"], entry,
+                                             build["model"]["embedding_dim"]))
+        if counts["indexed"] == 0:
+            problems.append("no item was indexed")
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        started = datetime.datetime.fromisoformat(build["started_at"])
+        yield {
+            "schema_version": SCHEMA_VERSION,
+            "version_id": build["version_id"],
+            "created_at": finished.isoformat(timespec="seconds"),
+            "source": build["source"],
+            "model": build["model"],
+            "index": {"library": "annoy", "library_version": package_metadata.version("annoy"),
+                      "metric": ANNOY_METRIC, "n_trees": build["index"]["n_trees"],
+                      "seed": build["index"]["seed"], "num_shards": build["index"]["num_shards"],
+                      "shards": [{key: entry[key] for key in (
+                          "shard", "index_file", "metadata_file", "embeddings_file", "items",
+                          "bytes", "sha256")} for entry in shard_entries]},
+            "counts": counts,
+            "quality": {},
+            "validation": {"passed": not problems, "problems": problems},
+            "timings": {"started_at": build["started_at"],
+                        "validated_at": finished.isoformat(timespec="seconds"),
+                        "seconds": round((finished - started).total_seconds(), 3)},
+            "pipeline_options": build["options"],
+        }
+
+
+class Validate(beam.PTransform):
+    """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
+
+    def __init__(self, build: dict, parquet_parts, input_count, errors, errors_written):
+        super().__init__()
+        self.build = build
+        self.parquet_parts, self.input_count = parquet_parts, input_count
+        self.errors, self.errors_written = errors, errors_written
+
+    def expand(self, shard_summaries):
+        errors_by_stage = count_errors_by_stage(self.errors)
+        return (shard_summaries.pipeline
+                | "Once" >> beam.Create([None])
+                | "ValidateVersion" >> beam.ParDo(
+                    _ValidateVersion(self.build),
+                    beam.pvalue.AsList(shard_summaries),
+                    beam.pvalue.AsList(self.parquet_parts),
+                    beam.pvalue.AsSingleton(self.input_count),
+                    beam.pvalue.AsSingleton(errors_by_stage),
+                    beam.pvalue.AsList(self.errors_written)))
