@@ -91,6 +91,7 @@ def write_files(folder: str, files: Dict[str, bytes]) -> Dict[str, str]:
     paths = {}
     for name, data in files.items():
         paths[name] = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(paths[name]), exist_ok=True)
         with open(paths[name], "wb") as stream:
             stream.write(data)
     return paths

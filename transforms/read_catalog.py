@@ -74,10 +74,11 @@ def catalog_columns(source: str) -> list:
     """The passthrough columns of a catalog (empty for a glob), read from its header."""
     if is_glob(source):
         return []
+    fmt = catalog_format(source)
     try:
         if not FileSystems.exists(source):
             raise CatalogError(f"--catalog {source}: file not found")
-        first = next(_open_table_batches(source, catalog_format(source)), None)
+        first = next(_open_table_batches(source, fmt), None)
     except CatalogError:
         raise
     except Exception as error:

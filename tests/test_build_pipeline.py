@@ -1,0 +1,214 @@
+"""The nightly build end to end on real photos, plus the stages alone with TestPipeline."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from annoy import AnnoyIndex
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from catalog_index.schema import index_file, shard_of, version_dir
+from pipelines.build_index import run
+from tests.real_images import decode_edge_cases, encode, write_files
+from transforms.read_catalog import ReadCatalog, glob_root, item_id_for_path
+from transforms.shard import GroupIntoShards
+
+BAD_STAGE = {"truncated": "decode", "empty": "decode", "text": "decode", "huge": "decode"}
+GOOD_EDGE_FILES = ("cmyk.jpg", "sixteen_bit.png", "palette_transparent.png", "animated.gif",
+                   "exif_rotated.jpg", "alpha.png", "photo.webp")
+MULTIPROCESS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def read_parquet_dir(folder):
+    tables = [pq.read_table(os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
+    return [row for table in tables for row in table.to_pylist()]
+
+
+def file_digests(folder):
+    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(folder))}
+
+
+@pytest.fixture(scope="module")
+def image_catalog(tmp_path_factory, photos):
+    """Real photos as JPEG plus one file of every awkward kind, good and bad."""
+    root = tmp_path_factory.mktemp("catalog")
+    good = {f"photos/{name}.jpg": encode(photo) for name, photo in photos.items()}
+    edge = decode_edge_cases(photos)
+    files = {**good, **{f"odd/{name}": data for name, (data, _) in edge.items()}}
+    write_files(str(root / "images"), files)
+    good_ids = {f"photos/{name}" for name in photos} | {
+        f"odd/{os.path.splitext(name)[0]}" for name in GOOD_EDGE_FILES}
+    bad_ids = {f"odd/{name}": stage for name, stage in BAD_STAGE.items()}
+    return str(root / "images"), good_ids, bad_ids
+
+
+@pytest.fixture(scope="module")
+def two_builds(image_catalog, tmp_path_factory, model_cache):
+    images, _, _ = image_catalog
+    output = str(tmp_path_factory.mktemp("index"))
+    codes = [run(["--catalog", f"{images}/**", "--output", output, "--num-shards", "3",
+                  "--version-id", version, *MULTIPROCESS]) for version in ("first", "second")]
+    return output, codes
+
+
+def test_build_publishes_and_counts_add_up(two_builds, image_catalog):
+    output, codes = two_builds
+    _, good_ids, bad_ids = image_catalog
+    assert codes == [0, 0]
+    assert open(os.path.join(output, "LATEST")).read().strip() == "second"
+    manifest = json.load(open(os.path.join(version_dir(output, "first"), "manifest.json")))
+    counts = manifest["counts"]
+    # photo.webp, .bmp and .tiff share the item_id odd/photo: one kept, two duplicates.
+    assert counts == {"input": len(good_ids) + len(bad_ids) + 2, "indexed": len(good_ids),
+                      "failed": len(bad_ids), "duplicate": 2, "failed_by_stage": {"decode": 4}}
+    assert counts["input"] == counts["indexed"] + counts["failed"] + counts["duplicate"]
+    assert manifest["model"]["name"] == "efficientnet_lite0"
+    assert manifest["model"]["embedding_dim"] == 1280 and manifest["validation"]["passed"]
+
+
+def test_every_bad_file_is_in_errors_with_its_stage(two_builds, image_catalog):
+    output, _ = two_builds
+    _, _, bad_ids = image_catalog
+    errors = read_parquet_dir(os.path.join(version_dir(output, "first"), "errors"))
+    failed = {row["item_id"]: row for row in errors if row["stage"] != "dedupe"}
+    assert {item: row["stage"] for item, row in failed.items()} == bad_ids
+    assert failed["odd/huge"]["error_type"] == "ImageTooLargeError"
+    assert failed["odd/empty"]["error_type"] == "EmptyImageError"
+    assert "truncated" in failed["odd/truncated"]["message"]
+    duplicates = [row for row in errors if row["stage"] == "dedupe"]
+    assert sorted(row["image_uri"].rsplit(".", 1)[1] for row in duplicates) == ["tiff", "webp"]
+
+
+def test_every_good_file_is_indexed_with_caption_and_labels(two_builds, image_catalog):
+    output, _ = two_builds
+    _, good_ids, _ = image_catalog
+    rows = read_parquet_dir(os.path.join(version_dir(output, "first"), "metadata"))
+    by_id = {row["item_id"]: row for row in rows}
+    assert set(by_id) == good_ids
+    assert "espresso" in by_id["photos/coffee"]["caption"]
+    assert "cat" in by_id["photos/chelsea"]["caption"]
+    assert by_id["photos/coffee"]["labels"][0]["label"] == "espresso"
+    assert (by_id["odd/exif_rotated"]["width"], by_id["odd/exif_rotated"]["height"]) == (600, 400)
+    for row in rows:
+        assert row["caption"] and len(row["labels"]) == 5 and row["sha256"]
+        assert row["shard"] == shard_of(row["item_id"], 3)
+
+
+def test_shards_load_in_annoy_and_find_their_own_items(two_builds):
+    output, _ = two_builds
+    folder = version_dir(output, "first")
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    vectors = {row["item_id"]: np.array(row["vector"])
+               for row in read_parquet_dir(os.path.join(folder, "embeddings"))}
+    metadata = read_parquet_dir(os.path.join(folder, "metadata"))
+    assert len(manifest["index"]["shards"]) == 3
+    for shard in manifest["index"]["shards"]:
+        index = AnnoyIndex(1280, "angular")
+        index.load(os.path.join(folder, shard["index_file"]))
+        assert index.get_n_items() == shard["items"] > 0
+        for row in (r for r in metadata if r["shard"] == shard["shard"]):
+            assert index.get_nns_by_vector(vectors[row["item_id"]], 1) == [row["annoy_id"]]
+
+
+def test_second_build_is_byte_identical(two_builds):
+    output, _ = two_builds
+    first, second = (version_dir(output, version) for version in ("first", "second"))
+    assert file_digests(os.path.join(first, "index")) == file_digests(os.path.join(second, "index"))
+    for part in ("metadata", "embeddings"):
+        assert read_parquet_dir(os.path.join(first, part)) == read_parquet_dir(os.path.join(second, part))
+
+
+def test_csv_catalog_passes_columns_through_and_reports_missing_images(tmp_path, photos, model_cache):
+    paths = write_files(str(tmp_path / "img"), {
+        "a.jpg": encode(photos["coffee"]), "b.jpg": encode(photos["chelsea"])})
+    catalog = tmp_path / "catalog.csv"
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title", "price"])
+        writer.writerow(["sku-1", "img/a.jpg", "Espresso cup", "4.50"])  # relative to the csv
+        writer.writerow(["sku-2", paths["b.jpg"], "Cat poster", "12"])
+        writer.writerow(["sku-2", paths["a.jpg"], "Cat poster (dup)", "12"])
+        writer.writerow(["sku-3", str(tmp_path / "img/missing.jpg"), "Gone", ""])
+        writer.writerow(["", paths["a.jpg"], "no id", "1"])
+    output = str(tmp_path / "out")
+    assert run(["--catalog", str(catalog), "--output", output, "--num-shards", "2",
+                "--version-id", "v1", "--runner", "DirectRunner"]) == 0
+    folder = version_dir(output, "v1")
+    rows = {row["item_id"]: row for row in read_parquet_dir(os.path.join(folder, "metadata"))}
+    assert set(rows) == {"sku-1", "sku-2"}
+    assert rows["sku-1"]["title"] == "Espresso cup" and rows["sku-1"]["price"] == "4.5"
+    assert rows["sku-2"]["image_uri"] == paths["a.jpg"]  # kept first by image_uri
+    errors = {(row["item_id"], row["stage"]) for row in
+              read_parquet_dir(os.path.join(folder, "errors"))}
+    assert errors == {("sku-2", "dedupe"), ("sku-3", "fetch"), (None, "read")}
+    counts = json.load(open(os.path.join(folder, "manifest.json")))["counts"]
+    assert (counts["input"], counts["indexed"], counts["failed"], counts["duplicate"]) == (5, 2, 2, 1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "x"], "--catalog"),
+    (["--catalog", "x.csv", "--output", "o", "--num-shards", "0"], "at least 1"),
+    (["--catalog", "x.csv", "--output", "o", "--bogus-flag", "1"], "--bogus-flag"),
+    (["--catalog", "missing.csv", "--output", "o"], "file not found"),
+    (["--catalog", "catalog.xlsx", "--output", "o"], ".csv, .jsonl or .parquet"),
+])
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_existing_version_is_never_overwritten(two_builds, image_catalog, capsys):
+    output, _ = two_builds
+    images, _, _ = image_catalog
+    assert run(["--catalog", f"{images}/**", "--output", output, "--version-id", "first"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_item_ids_come_from_the_glob_root():
+    assert glob_root("gs://b/cat/**/*.jpg") == "gs://b/cat/"
+    assert item_id_for_path("gs://b/cat/shoes/red.v2.jpg", "gs://b/cat/") == "shoes/red.v2"
+
+
+def test_read_catalog_dedupes_jsonl(tmp_path):
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text("\n".join(json.dumps(row) for row in [
+        {"item_id": "a", "image_uri": "/x/2.jpg", "title": "t"},
+        {"item_id": "a", "image_uri": "/x/1.jpg", "title": "t"},
+        {"item_id": "b", "image_uri": "/x/3.jpg", "title": None}]) + "\n")
+    with BeamTestPipeline() as pipeline:
+        out = pipeline | ReadCatalog(str(catalog))
+        assert_that(out["items"] | beam.Map(lambda i: (i["item_id"], i["image_uri"])),
+                    equal_to([("a", "/x/1.jpg"), ("b", "/x/3.jpg")]), label="items")
+        assert_that(out["errors"] | beam.Map(lambda e: (e["item_id"], e["stage"])),
+                    equal_to([("a", "dedupe")]), label="errors")
+        assert_that(out["input_count"], equal_to([3]), label="count")
+
+
+def test_group_into_shards_numbers_sorted_items_and_keeps_empty_shards():
+    items = [{"item_id": f"item-{n}"} for n in (3, 1, 2)]
+    with BeamTestPipeline() as pipeline:
+        shards = pipeline | beam.Create(items) | GroupIntoShards(8)
+        summary = shards | beam.Map(lambda kv: (kv[0], [(i["item_id"], i["annoy_id"]) for i in kv[1]]))
+        expected = {shard: [] for shard in range(8)}
+        for item in sorted(items, key=lambda i: i["item_id"]):
+            bucket = expected[shard_of(item["item_id"], 8)]
+            bucket.append((item["item_id"], len(bucket)))
+        assert_that(summary, equal_to(list(expected.items())))
+
+
+def test_shard_assignment_is_stable():
+    # Pinned values: a change here would silently reshuffle every published index.
+    assert [shard_of(f"sku-{n}", 8) for n in range(6)] == [
+        int.from_bytes(hashlib.sha256(f"sku-{n}".encode()).digest()[:8], "big") % 8
+        for n in range(6)]
+    assert index_file(2, 8) == "index/shard-00002-of-00008.ann"
