@@ -34,31 +34,30 @@ class Captioner(abc.ABC):
         without a classifier); ``pixels``: uint8 RGB of the image content, no padding."""
 
 
-# Color buckets: (name, rule on hue in degrees, saturation and value in 0..1).
-def _color_names(hsv: np.ndarray) -> np.ndarray:
+COLOR_NAMES = ("black", "white", "gray", "red", "orange", "yellow", "green", "blue", "purple",
+               "pink", "brown", "beige", "navy")
+_CODE = {name: code for code, name in enumerate(COLOR_NAMES)}
+# Hue bands in degrees for saturated colors; red wraps around 360.
+_HUE_BANDS = (("red", 0, 15), ("orange", 15, 40), ("yellow", 40, 70), ("green", 70, 170),
+              ("blue", 170, 260), ("purple", 260, 295), ("pink", 295, 340), ("red", 340, 361))
+# Colors are measured on at most this many pixels per side: plenty for shares of 12%.
+COLOR_SAMPLE_SIDE = 64
+
+
+def _color_codes(hsv: np.ndarray) -> np.ndarray:
+    """Index into COLOR_NAMES for each pixel, from hue (0..1), saturation and value."""
     hue, sat, val = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
-    names = np.full(hue.shape, "", dtype=object)
+    codes = np.full(hue.shape, _CODE["gray"], dtype=np.int8)
     chromatic = (sat >= 0.2) & (val >= 0.2)
-    names[val < 0.2] = "black"
-    gray = ~chromatic & (val >= 0.2)
-    names[gray & (val >= 0.85) & (sat < 0.12)] = "white"
-    names[gray & (names == "")] = "gray"
-    rules = (
-        ("red", (hue < 15) | (hue >= 340)),
-        ("orange", (hue >= 15) & (hue < 40)),
-        ("yellow", (hue >= 40) & (hue < 70)),
-        ("green", (hue >= 70) & (hue < 170)),
-        ("blue", (hue >= 170) & (hue < 260)),
-        ("purple", (hue >= 260) & (hue < 295)),
-        ("pink", (hue >= 295) & (hue < 340)),
-    )
-    for name, rule in rules:
-        names[chromatic & rule] = name
+    for name, low, high in _HUE_BANDS:
+        codes[chromatic & (hue >= low) & (hue < high)] = _CODE[name]
     warm = chromatic & (hue < 50)
-    names[warm & (val < 0.6)] = "brown"
-    names[warm & (sat < 0.4) & (val >= 0.75)] = "beige"
-    names[chromatic & (names == "blue") & (val < 0.45)] = "navy"
-    return names
+    codes[warm & (val < 0.6)] = _CODE["brown"]
+    codes[warm & (sat < 0.4) & (val >= 0.75)] = _CODE["beige"]
+    codes[chromatic & (codes == _CODE["blue"]) & (val < 0.45)] = _CODE["navy"]
+    codes[~chromatic & (val >= 0.85) & (sat < 0.12)] = _CODE["white"]
+    codes[val < 0.2] = _CODE["black"]
+    return codes
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -96,13 +95,15 @@ def product_mask(pixels: np.ndarray) -> np.ndarray:
 def dominant_colors(pixels: np.ndarray, min_fraction: float = 0.12,
                     max_colors: int = 3) -> List[Tuple[str, float]]:
     """Named colors covering at least ``min_fraction`` of the product, largest first."""
-    product = pixels[product_mask(pixels)]
+    step = max(1, -(-max(pixels.shape[:2]) // COLOR_SAMPLE_SIDE))
+    sample = pixels[::step, ::step]
+    product = sample[product_mask(sample)]
     if product.size == 0:
         return []
-    names, counts = np.unique(_color_names(_rgb_to_hsv(product)), return_counts=True)
+    counts = np.bincount(_color_codes(_rgb_to_hsv(product)), minlength=len(COLOR_NAMES))
     fractions = counts / counts.sum()
     order = np.argsort(-fractions, kind="stable")
-    return [(str(names[i]), round(float(fractions[i]), 4)) for i in order[:max_colors]
+    return [(COLOR_NAMES[i], round(float(fractions[i]), 4)) for i in order[:max_colors]
             if fractions[i] >= min_fraction]
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -123,9 +124,13 @@ class TFLiteEmbeddingModel(EmbeddingModel):
                 model_path=tflite_path, num_threads=num_threads or os.cpu_count())
         self.runner = self.interpreter.get_signature_runner()
         (self.input_name,) = self.runner.get_input_details()
+        # One interpreter is not safe to call from two threads (Beam shares the model
+        # between a worker's threads); it uses all cores itself, so a lock costs nothing.
+        self._lock = threading.Lock()
 
     def _run(self, inputs):
-        return _split_outputs(self.runner(**{self.input_name: inputs}))
+        with self._lock:
+            return _split_outputs(self.runner(**{self.input_name: inputs}))
 
 
 class SavedModelEmbeddingModel(EmbeddingModel):

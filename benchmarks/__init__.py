@@ -1,0 +1,1 @@
+"""Benchmarks; each module states the command that reproduces it (see docs/benchmarks.md)."""

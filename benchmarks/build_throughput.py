@@ -1,0 +1,124 @@
+"""End-to-end build throughput against the bare model and a naive loop, in one run.
+
+    .venv/bin/python -m benchmarks.build_throughput [--images 2000] [--size 800]
+
+Writes N real JPEGs of catalog size (size x size, made from real photos with random crops,
+flips and zoom, so every file differs), then measures on this machine:
+
+- build:  ``catalog-index build`` end to end (DirectRunner, multi-processing, one worker per
+  core; process start, model load, decode, inference, captions, Annoy, Parquet, validation);
+- model:  the bare model (default runtime) on pre-decoded batches of 32: the limit;
+- naive:  one image at a time: full-size decode, resize, Keras predict on a batch of one.
+
+and prints images/s for each and the ratios build/model and build/naive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from tests.real_images import encode, real_photos
+
+
+def write_catalog_images(folder: str, count: int, size: int, seed: int = 0) -> list:
+    os.makedirs(folder, exist_ok=True)
+    paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+    if len(paths) >= count:
+        return paths[:count]
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(photo) for photo in real_photos().values()]
+    paths = []
+    for n in range(count):
+        photo = photos[n % len(photos)]
+        zoom = rng.uniform(0.6, 1.0)
+        w, h = int(photo.width * zoom), int(photo.height * zoom)
+        left, top = rng.integers(0, photo.width - w + 1), rng.integers(0, photo.height - h + 1)
+        crop = photo.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path = os.path.join(folder, f"product-{n:06d}.jpg")
+        with open(path, "wb") as stream:
+            stream.write(encode(np.asarray(crop), quality=90))
+        paths.append(path)
+    return paths
+
+
+def measure_build(folder: str) -> float:
+    from pipelines.build_index import run
+
+    output = tempfile.mkdtemp(prefix="bench-index-")
+    try:
+        started = time.perf_counter()
+        status = run(["--catalog", os.path.join(folder, "*.jpg"), "--output", output,
+                      "--num-shards", "4", "--version-id", "bench"])
+        elapsed = time.perf_counter() - started
+        if status != 0:
+            raise SystemExit(f"build failed with status {status}")
+        return elapsed
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+
+
+def measure_model(paths: list, batch_size: int = 32, repeats: int = 3) -> float:
+    from models.loader import load_model
+    from models.preprocessing import preprocess_image
+
+    model = load_model()
+    pixels = np.stack([preprocess_image(open(path, "rb").read(), model.info.preprocessing).pixels
+                       for path in paths[:256]])
+    batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]
+    model.predict(batches[0])
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for batch in batches:
+            model.predict(batch)
+    return (time.perf_counter() - started) / (repeats * len(pixels))
+
+
+def measure_naive(paths: list, count: int = 200) -> float:
+    from models.loader import load_model
+
+    model = load_model(runtime="keras")
+    started = time.perf_counter()
+    for path in paths[:count]:
+        image = Image.open(path).convert("RGB").resize((224, 224), Image.BICUBIC)
+        model.predict(np.asarray(image)[None])
+    return (time.perf_counter() - started) / count
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=800)
+    parser.add_argument("--data", default="benchmarks/data/catalog-jpegs")
+    args = parser.parse_args(argv)
+
+    folder = f"{args.data}-{args.size}"
+    paths = write_catalog_images(folder, args.images, args.size)
+    if len(os.listdir(folder)) != args.images:
+        folder = tempfile.mkdtemp(prefix="bench-jpegs-")
+        for path in paths:
+            os.symlink(os.path.abspath(path), os.path.join(folder, os.path.basename(path)))
+    print(f"{len(paths)} JPEGs of {args.size}x{args.size} in {folder}; {os.cpu_count()} cores")
+
+    build_seconds = measure_build(folder)
+    build_rate = len(paths) / build_seconds
+    model_rate = 1 / measure_model(paths)
+    naive_rate = 1 / measure_naive(paths)
+    print(f"build (end to end):      {build_rate:8.1f} images/s  ({build_seconds:.1f} s)")
+    print(f"bare model, batch 32:    {model_rate:8.1f} images/s")
+    print(f"naive one-at-a-time:     {naive_rate:8.1f} images/s")
+    print(f"ratio build / model:     {build_rate / model_rate:8.2f}")
+    print(f"ratio build / naive:     {build_rate / naive_rate:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``make demo``: write a sample catalog of real product images, build it, query it once.
+
+Fashion-MNIST (Debian package dataset-fashion-mnist) gives real, labelled product photos;
+where it is not installed, the real photos shipped with scikit-image stand in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def load_fashion_mnist(split: str = "t10k"):
+    """-> (images uint8 [N, 28, 28], labels uint8 [N]) from the Debian package's idx files."""
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, f"{split}-images-idx3-ubyte.gz")) as stream:
+        images = np.frombuffer(stream.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(os.path.join(FASHION_MNIST_DIR, f"{split}-labels-idx1-ubyte.gz")) as stream:
+        labels = np.frombuffer(stream.read(), np.uint8, offset=8)
+    return images, labels
+
+
+def sample_products(limit: int):
+    """-> [(item_id, title, category, uint8 image)] of real product images."""
+    if os.path.isdir(FASHION_MNIST_DIR):
+        images, labels = load_fashion_mnist()
+        return [(f"fmnist-{n:05d}", f"{FASHION_CLASSES[label]} #{n}", FASHION_CLASSES[label],
+                 image) for n, (image, label) in enumerate(zip(images[:limit], labels[:limit]))]
+    from tests.real_images import real_photos
+
+    print("dataset-fashion-mnist is not installed: using scikit-image's sample photos")
+    return [(name, name.replace("_", " "), "photo", photo)
+            for name, photo in list(real_photos().items())[:limit]]
+
+
+def write_sample_catalog(folder: str, limit: int) -> str:
+    from PIL import Image
+
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    catalog = os.path.join(folder, "catalog.csv")
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title", "category"])
+        for item_id, title, category, image in sample_products(limit):
+            path = os.path.join("images", f"{item_id}.png")
+            Image.fromarray(image).save(os.path.join(folder, path))
+            writer.writerow([item_id, path, title, category])
+    return catalog
+
+
+def nearest_neighbours(output_root: str, item_id: str, k: int = 5):
+    """The k nearest items to ``item_id`` over all shards of the LATEST version."""
+    import pyarrow.parquet as pq
+    from annoy import AnnoyIndex
+
+    version = open(os.path.join(output_root, "LATEST")).read().strip()
+    folder = os.path.join(output_root, "versions", version)
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    dimension = manifest["model"]["embedding_dim"]
+    metadata = {}
+    vector = None
+    for shard in manifest["index"]["shards"]:
+        for row in pq.read_table(os.path.join(folder, shard["metadata_file"])).to_pylist():
+            metadata[(row["shard"], row["annoy_id"])] = row
+        for row in pq.read_table(os.path.join(folder, shard["embeddings_file"])).to_pylist():
+            if row["item_id"] == item_id:
+                vector = row["vector"]
+    hits = []
+    for shard in manifest["index"]["shards"]:
+        index = AnnoyIndex(dimension, manifest["index"]["metric"])
+        index.load(os.path.join(folder, shard["index_file"]))
+        ids, distances = index.get_nns_by_vector(vector, k, include_distances=True)
+        hits += [(1 - d * d / 2, metadata[(shard["shard"], i)]) for i, d in zip(ids, distances)]
+    return sorted(hits, key=lambda hit: -hit[0])[:k]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", default="out", help="index output root (default ./out)")
+    parser.add_argument("--workdir", default="out/sample-catalog", help="where the catalog goes")
+    parser.add_argument("--limit", type=int, default=1000, help="number of products")
+    args = parser.parse_args(argv)
+
+    from pipelines.build_index import run
+
+    catalog = write_sample_catalog(args.workdir, args.limit)
+    print(f"sample catalog: {catalog}")
+    status = run(["--catalog", catalog, "--output", args.output, "--num-shards", "4"])
+    if status != 0:
+        return status
+    import pyarrow.csv
+
+    first = pyarrow.csv.read_csv(catalog).to_pylist()[0]
+    print(f"\nnearest neighbours of {first['item_id']} ({first['title']}):")
+    for score, row in nearest_neighbours(args.output, first["item_id"]):
+        print(f"  {score:6.3f}  {row['item_id']:<14} {row['title']:<22} caption: {row['caption']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
