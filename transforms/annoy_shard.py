@@ -4,13 +4,13 @@ a retried bundle rewrites the same file under the same name."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 
 import apache_beam as beam
 
 from catalog_index import storage
+from catalog_index.storage import sha256_of_file
 from catalog_index.schema import ANNOY_METRIC, index_file, join
 from transforms.errors import counter
 
@@ -25,14 +25,6 @@ def build_annoy_file(vectors, dimension: int, n_trees: int, seed: int, path: str
     index.build(n_trees, n_jobs=1)
     index.save(path)
     index.unload()
-
-
-def sha256_of_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class BuildAnnoyShard(beam.DoFn):

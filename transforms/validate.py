@@ -11,8 +11,8 @@ from importlib import metadata as package_metadata
 import apache_beam as beam
 
 from catalog_index import storage
+from catalog_index.storage import sha256_of_file
 from catalog_index.schema import ANNOY_METRIC, DUPLICATE_STAGE, SCHEMA_VERSION, join
-from transforms.annoy_shard import sha256_of_file
 
 
 def count_errors_by_stage(errors):
