@@ -25,6 +25,7 @@ import abc
 import hashlib
 import json
 import os
+import queue
 import tempfile
 import threading
 import warnings
@@ -114,23 +115,53 @@ class KerasEmbeddingModel(EmbeddingModel):
 
 
 class TFLiteEmbeddingModel(EmbeddingModel):
-    def __init__(self, tflite_path: str, info: ModelInfo, num_threads: Optional[int] = None):
+    """A small pool of TFLite interpreters over one model file.
+
+    One interpreter must not be called from two threads at once, and one interpreter using
+    every core stalls when other work shares those cores: its threads wait for each other
+    at every layer. So each interpreter runs ``threads`` threads and up to
+    ``cpu_count // threads`` batches run at once, one per interpreter. With all cores for
+    one interpreter (the default) a single caller gets the lowest latency; with one thread
+    each, several callers (Beam worker threads) share the cores without stalls.
+    """
+
+    def __init__(self, tflite_path: str, info: ModelInfo, threads: Optional[int] = None):
+        cores = os.cpu_count() or 1
+        self.info, self.tflite_path = info, tflite_path
+        self.threads = max(1, min(threads or cores, cores))
+        self.capacity = max(1, cores // self.threads)
+        self._idle: "queue.LifoQueue" = queue.LifoQueue()
+        self._created = 0
+        self._create_lock = threading.Lock()
+        first = self._new_runner()
+        (self.input_name,) = first.get_input_details()
+        self._idle.put(first)
+
+    def _new_runner(self):
         import tensorflow as tf
 
-        self.info = info
         with warnings.catch_warnings():  # tf.lite.Interpreter's notice about LiteRT
             warnings.simplefilter("ignore", UserWarning)
-            self.interpreter = tf.lite.Interpreter(
-                model_path=tflite_path, num_threads=num_threads or os.cpu_count())
-        self.runner = self.interpreter.get_signature_runner()
-        (self.input_name,) = self.runner.get_input_details()
-        # One interpreter is not safe to call from two threads (Beam shares the model
-        # between a worker's threads); it uses all cores itself, so a lock costs nothing.
-        self._lock = threading.Lock()
+            interpreter = tf.lite.Interpreter(model_path=self.tflite_path,
+                                              num_threads=self.threads)
+        self._created += 1
+        return interpreter.get_signature_runner()
+
+    def _borrow(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            with self._create_lock:
+                if self._created < self.capacity:
+                    return self._new_runner()
+            return self._idle.get()
 
     def _run(self, inputs):
-        with self._lock:
-            return _split_outputs(self.runner(**{self.input_name: inputs}))
+        runner = self._borrow()
+        try:
+            return _split_outputs(runner(**{self.input_name: inputs}))
+        finally:
+            self._idle.put(runner)
 
 
 class SavedModelEmbeddingModel(EmbeddingModel):
@@ -236,7 +267,8 @@ def _convert_to_tflite(keras_model, tflite_path: str) -> None:
     _atomic_write(tflite_path, write)
 
 
-def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str, build=None):
+def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str,
+                     threads: Optional[int] = None):
     """Return the model for ``runtime``, converting (and caching) the TFLite file on demand."""
     import keras
 
@@ -246,13 +278,14 @@ def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str, build=None)
         tflite_path = os.path.splitext(keras_path)[0] + ".tflite"
         if not os.path.exists(tflite_path):
             _convert_to_tflite(keras.models.load_model(keras_path, compile=False), tflite_path)
-        return TFLiteEmbeddingModel(tflite_path, info)
+        return TFLiteEmbeddingModel(tflite_path, info, threads)
     raise ModelLoadError(f"runtime {runtime!r} does not apply to a Keras model")
 
 
 # ----------------------------------------------------------------------------- loaders
 
-def _load_efficientnet_lite0(runtime: str, cache_dir: str) -> EmbeddingModel:
+def _load_efficientnet_lite0(runtime: str, cache_dir: str,
+                             threads: Optional[int]) -> EmbeddingModel:
     weights = efficientnet_lite.weights_path()
     key = efficientnet_lite.cache_key(weights)
     keras_path = os.path.join(cache_dir, "efficientnet_lite0", key[:16], "model.keras")
@@ -263,7 +296,7 @@ def _load_efficientnet_lite0(runtime: str, cache_dir: str) -> EmbeddingModel:
                      embedding_dim=efficientnet_lite.EMBEDDING_DIM,
                      preprocessing=LITE0_PREPROCESSING, runtime=runtime,
                      class_names=imagenet_class_names())
-    return _keras_or_tflite(keras_path, info, runtime)
+    return _keras_or_tflite(keras_path, info, runtime, threads)
 
 
 def _local_copy(path: str, cache_dir: str, fingerprint: str, suffix: str) -> str:
@@ -278,7 +311,8 @@ def _local_copy(path: str, cache_dir: str, fingerprint: str, suffix: str) -> str
     return local
 
 
-def _load_keras_file(path: str, runtime: str, cache_dir: str) -> EmbeddingModel:
+def _load_keras_file(path: str, runtime: str, cache_dir: str,
+                     threads: Optional[int]) -> EmbeddingModel:
     import keras
 
     fingerprint = _sha256_of_tree(path)
@@ -293,7 +327,7 @@ def _load_keras_file(path: str, runtime: str, cache_dir: str) -> EmbeddingModel:
     cached = os.path.join(cache_dir, "converted", fingerprint[:16], "model.keras")
     if not os.path.exists(cached):
         _atomic_write(cached, model.save)
-    return _keras_or_tflite(cached, info, runtime)
+    return _keras_or_tflite(cached, info, runtime, threads)
 
 
 def _load_saved_model(path: str, runtime: str) -> EmbeddingModel:
@@ -324,21 +358,25 @@ def _load_saved_model(path: str, runtime: str) -> EmbeddingModel:
 
 
 def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
-               cache_dir: Optional[str] = None) -> EmbeddingModel:
-    """Load the model named by ``spec`` (see module docs) for ``runtime``."""
+               cache_dir: Optional[str] = None, threads: Optional[int] = None) -> EmbeddingModel:
+    """Load the model named by ``spec`` (see module docs) for ``runtime``.
+
+    ``threads``: TFLite threads per interpreter (default: all cores; see
+    :class:`TFLiteEmbeddingModel`)."""
     import tensorflow as tf
 
     cache_dir = cache_dir or efficientnet_lite.default_cache_dir()
     spec = spec or DEFAULT_MODEL
     resolved = resolve_runtime(runtime)
     if spec == DEFAULT_MODEL:
-        return _load_efficientnet_lite0(resolved, cache_dir)
+        return _load_efficientnet_lite0(resolved, cache_dir, threads)
     if spec.startswith("hub:"):
         return _load_saved_model(spec, "savedmodel")
     if spec.endswith(".keras"):
         if not tf.io.gfile.exists(spec):
             raise ModelLoadError(f"model file not found: {spec}")
-        return _load_keras_file(spec, "keras" if resolved == "savedmodel" else resolved, cache_dir)
+        return _load_keras_file(spec, "keras" if resolved == "savedmodel" else resolved, cache_dir,
+                                threads)
     if tf.io.gfile.isdir(spec):
         return _load_saved_model(spec, "savedmodel" if runtime == "auto" else resolved)
     raise ModelLoadError(

@@ -89,6 +89,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
     option("batch-size", type=_positive_int, default=32, metavar="N",
            help="largest inference batch per worker (default 32)")
+    option("inference-threads", type=_positive_int, default=None, metavar="N",
+           help="threads per TFLite interpreter; a worker runs cores/N batches at once "
+                "(default: cores / local worker threads, or 1 on a distributed runner)")
     option("n-trees", type=_positive_int, default=32, metavar="N",
            help="Annoy trees per shard (default 32)")
     option("seed", type=int, default=42, help="Annoy build seed (default 42)")
@@ -143,7 +146,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
         spec_model.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, spec_model.runtime,
                                     min_batch_size=min(8, args.batch_size),
-                                    max_batch_size=args.batch_size)
+                                    max_batch_size=args.batch_size,
+                                    inference_threads=build["inference_threads"])
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=spec_model.class_names)
 
@@ -163,7 +167,18 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
     _ = manifests | "Publish" >> Publish(args.output, out_dir)
 
 
-def plan_build(args) -> dict:
+def default_inference_threads(pipeline_options: PipelineOptions) -> int:
+    """Split the cores between the worker threads that run inference side by side."""
+    options = pipeline_options.get_all_options()
+    cores = os.cpu_count() or 1
+    if options.get("runner") in (None, "DirectRunner") and \
+            options.get("direct_running_mode") != "multi_processing":
+        workers = int(options.get("direct_num_workers") or 1) or cores
+        return max(1, cores // workers)
+    return 1  # distributed runners and process pools: a process per core already
+
+
+def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     """Check inputs and load the model once (which also fills the conversion cache)."""
     if args.output.startswith("gs://") is False and "://" in args.output:
         raise UsageError(f"--output {args.output}: only local paths and gs:// are supported")
@@ -178,6 +193,8 @@ def plan_build(args) -> dict:
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model.info.to_manifest(), "model_info": model.info,
             "index": {"num_shards": args.num_shards, "n_trees": args.n_trees, "seed": args.seed},
+            "inference_threads": args.inference_threads or default_inference_threads(
+                pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
             "passthrough_columns": passthrough}
 
@@ -186,7 +203,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     """Parse, build, run, and report. Returns the exit status."""
     try:
         args, pipeline_options = parse_args(sys.argv[1:] if argv is None else argv)
-        build = plan_build(args)
+        build = plan_build(args, pipeline_options)
     except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
         print(f"catalog-index build: error: {error}", file=sys.stderr)
         return 2

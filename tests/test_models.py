@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -179,3 +180,20 @@ def test_a_savedmodel_folder_loads_with_its_sidecar(keras_model, tmp_path, photo
 def test_unknown_model_is_a_clear_error(model_cache):
     with pytest.raises(ModelLoadError, match="unknown model"):
         load_model("resnet9000", cache_dir=model_cache)
+
+
+def test_tflite_pool_is_safe_to_call_from_many_threads(model_cache, photos):
+    """Beam worker threads share one model: concurrent batches of different sizes must each
+    get their own answers (one shared interpreter once mixed them up)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model("efficientnet_lite0", runtime="tflite", cache_dir=model_cache, threads=1)
+    pixels = np.stack([pp.preprocess_image(encode(photo), SPEC).pixels
+                       for photo in list(photos.values())[:12]])
+    batches = [pixels[:n] for n in (1, 5, 12, 3, 8, 2)] * 3
+    expected = [model.predict(batch).embeddings for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda batch: model.predict(batch).embeddings, batches))
+    for want, got in zip(expected, results):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert model.capacity == (os.cpu_count() or 1)
