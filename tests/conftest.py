@@ -76,3 +76,34 @@ def photos():
     from tests.real_images import real_photos
 
     return real_photos()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A fake-gcs-server process for the session; the clients point at it."""
+    from catalog_index import storage
+    from tests.gcs_emulator import GcsEmulator, use_anonymous_beam_credentials
+
+    emulator = GcsEmulator()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+    storage.gcs_client.cache_clear()
+    use_anonymous_beam_credentials()
+    yield emulator
+    emulator.stop()
+    storage.gcs_client.cache_clear()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request):
+    """A fresh bucket per test, named after it."""
+    from catalog_index import storage
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
+    name = name.strip("-")
+    storage.gcs_client().create_bucket(name)
+    return name

@@ -1,5 +1,7 @@
 """Publish: write report.json, then manifest.json (last inside the version), then LATEST,
-and LATEST only when validation passed."""
+and LATEST only when validation passed and only if nobody published since this build read
+it (a GCS generation precondition; a lock file locally). A build that loses that race
+fails with :class:`catalog_index.storage.PublishConflict`; its version stays intact."""
 
 from __future__ import annotations
 
@@ -18,15 +20,17 @@ def report_from_manifest(manifest: dict) -> dict:
 
 
 class _PublishVersion(beam.DoFn):
-    def __init__(self, output_root: str, version_dir: str):
+    def __init__(self, output_root: str, version_dir: str, latest_token):
         self.output_root, self.version_dir = output_root, version_dir
+        self.latest_token = latest_token
 
     def process(self, manifest):
         storage.write_text(join(self.version_dir, REPORT_FILE),
                            json.dumps(report_from_manifest(manifest), indent=2))
         storage.write_text(join(self.version_dir, MANIFEST_FILE), json.dumps(manifest, indent=2))
         if manifest["validation"]["passed"]:
-            storage.write_text(join(self.output_root, LATEST_FILE), manifest["version_id"] + "\n")
+            storage.replace_latest(join(self.output_root, LATEST_FILE),
+                                   manifest["version_id"] + "\n", self.latest_token)
             counter("published").inc()
         else:
             counter("validation_failed").inc()
@@ -34,10 +38,14 @@ class _PublishVersion(beam.DoFn):
 
 
 class Publish(beam.PTransform):
-    def __init__(self, output_root: str, version_dir: str):
+    """``latest_token``: what :func:`catalog_index.storage.read_latest` said when the build
+    started; publication succeeds only if LATEST is still as it was then."""
+
+    def __init__(self, output_root: str, version_dir: str, latest_token):
         super().__init__()
         self.output_root, self.version_dir = output_root, version_dir
+        self.latest_token = latest_token
 
     def expand(self, manifests):
         return manifests | "PublishVersion" >> beam.ParDo(
-            _PublishVersion(self.output_root, self.version_dir))
+            _PublishVersion(self.output_root, self.version_dir, self.latest_token))

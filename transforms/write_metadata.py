@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 
 import apache_beam as beam
 import pyarrow as pa
@@ -11,7 +13,8 @@ import pyarrow.parquet as pq
 
 from catalog_index import storage
 from catalog_index.schema import (EMBEDDINGS_SCHEMA, ERRORS_PREFIX, ERRORS_SCHEMA,
-                                  embeddings_file, join, metadata_file, metadata_schema)
+                                  embeddings_file, join, metadata_file, metadata_schema,
+                                  shard_suffix)
 
 
 def metadata_table(items, passthrough_columns) -> pa.Table:
@@ -55,14 +58,47 @@ class WriteShardParquet(beam.DoFn):
                "metadata_rows": len(items), "metadata_sha256": hashlib.sha256(metadata).hexdigest()}
 
 
+class _WriteErrorsFile(beam.DoFn):
+    """Stream every error row into one Parquet file, 10,000 rows at a time."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, keyed):
+        _, rows = keyed
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, "errors.parquet")
+            count = 0
+            with pq.ParquetWriter(local, ERRORS_SCHEMA, compression="zstd") as writer:
+                for chunk in _chunks((row for row in rows if row is not None), 10_000):
+                    writer.write_table(pa.Table.from_pylist(chunk, schema=ERRORS_SCHEMA))
+                    count += len(chunk)
+            storage.upload_file(local, self.path)
+        yield {"errors_file": self.path, "rows": count}
+
+
+def _chunks(iterable, size):
+    chunk = []
+    for row in iterable:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class WriteErrors(beam.PTransform):
-    """All dead letters into one Parquet file (errors are few), through Beam's file sink."""
+    """All dead letters into ``errors/part-00000-of-00001.parquet`` (written even when
+    empty). Errors are few next to items, so one file; it is written in a streaming way."""
 
     def __init__(self, version_dir: str):
         super().__init__()
-        self.version_dir = version_dir
+        self.path = join(version_dir, f"{ERRORS_PREFIX}-{shard_suffix(0, 1)}.parquet")
 
     def expand(self, errors):
-        return errors | "WriteErrorsParquet" >> beam.io.WriteToParquet(
-            join(self.version_dir, ERRORS_PREFIX), ERRORS_SCHEMA, num_shards=1,
-            shard_name_template="-SSSSS-of-NNNNN", file_name_suffix=".parquet")
+        always = errors.pipeline | "EvenIfNoErrors" >> beam.Create([(0, None)])
+        return ((errors | "OneKey" >> beam.Map(lambda row: (0, row)), always)
+                | "WithSentinel" >> beam.Flatten()
+                | "Together" >> beam.GroupByKey()
+                | "WriteErrorsFile" >> beam.ParDo(_WriteErrorsFile(self.path)))

@@ -1,0 +1,132 @@
+"""Open a published version (local or gs://), check it, and query all shards at once.
+
+    index = PublishedIndex.open("gs://bucket/index")          # follows LATEST
+    hits = index.query_vector(vector, k=10)                   # merged over every shard
+
+Shards on GCS are downloaded once into a local cache folder per version and checked against
+the manifest's sha256 before use; Annoy then memory-maps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from catalog_index import storage
+from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
+                                  join, version_dir)
+
+
+class IndexIntegrityError(ValueError):
+    """The version on storage is not what its manifest says (missing file, bad checksum)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float  # cosine similarity, 1.0 = same direction
+    metadata: dict
+
+
+def _cache_root() -> str:
+    from models.efficientnet_lite import default_cache_dir
+
+    return os.path.join(default_cache_dir(), "indexes")
+
+
+class PublishedIndex:
+    def __init__(self, root: str, manifest: dict, local_dir: str):
+        from annoy import AnnoyIndex
+
+        self.root, self.manifest, self.local_dir = root, manifest, local_dir
+        self.version_id = manifest["version_id"]
+        self.dimension = manifest["model"]["embedding_dim"]
+        self.shards = []
+        self.rows: Dict[str, dict] = {}
+        for shard in manifest["index"]["shards"]:
+            annoy = AnnoyIndex(self.dimension, manifest["index"]["metric"])
+            annoy.load(os.path.join(local_dir, shard["index_file"]))
+            rows = pq.read_table(os.path.join(local_dir, shard["metadata_file"])).to_pylist()
+            by_annoy_id = {row["annoy_id"]: row for row in rows}
+            self.shards.append((annoy, by_annoy_id))
+            self.rows.update((row["item_id"], row) for row in rows)
+
+    @classmethod
+    def open(cls, root: str, version: Optional[str] = None,
+             cache_dir: Optional[str] = None) -> "PublishedIndex":
+        """Open ``version``, or the one ``ROOT/LATEST`` names."""
+        if version is None:
+            latest = storage.read_optional_text(join(root, LATEST_FILE))
+            if not latest:
+                raise FileNotFoundError(f"{join(root, LATEST_FILE)}: no published version")
+            version = latest.strip()
+        folder = version_dir(root, version)
+        try:
+            manifest = json.loads(storage.read_text(join(folder, MANIFEST_FILE)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{folder}: no manifest.json (not a complete version)") from None
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise IndexIntegrityError(f"{folder}: schema_version {manifest.get('schema_version')}"
+                                      f", this reader understands {SCHEMA_VERSION}")
+        if manifest["index"]["metric"] != ANNOY_METRIC:
+            raise IndexIntegrityError(f"{folder}: unexpected metric {manifest['index']['metric']}")
+        local_dir = folder if not storage.is_gcs(folder) else os.path.join(
+            cache_dir or _cache_root(), hashlib.sha256(folder.encode()).hexdigest()[:16])
+        _fetch_and_verify(folder, local_dir, manifest)
+        return cls(root, manifest, local_dir)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def item(self, item_id: str) -> dict:
+        if item_id not in self.rows:
+            raise KeyError(f"item_id {item_id!r} is not in version {self.version_id}")
+        return self.rows[item_id]
+
+    def vector(self, item_id: str) -> np.ndarray:
+        row = self.item(item_id)
+        annoy, _ = self.shards[row["shard"]]
+        return np.asarray(annoy.get_item_vector(row["annoy_id"]), dtype=np.float32)
+
+    def query_vector(self, vector: Sequence[float], k: int = 10, search_k: int = -1,
+                     exclude: Sequence[str] = ()) -> List[Hit]:
+        """The k nearest items over all shards, best first (each shard is asked for k)."""
+        vector = np.asarray(vector, dtype=np.float32)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        wanted = k + len(exclude)
+        hits = []
+        for annoy, by_annoy_id in self.shards:
+            ids, distances = annoy.get_nns_by_vector(vector, wanted, search_k=search_k,
+                                                     include_distances=True)
+            hits.extend(Hit(by_annoy_id[i]["item_id"], 1.0 - d * d / 2.0, by_annoy_id[i])
+                        for i, d in zip(ids, distances))
+        excluded = set(exclude)
+        hits = [hit for hit in hits if hit.item_id not in excluded]
+        return sorted(hits, key=lambda hit: (-hit.score, hit.item_id))[:k]
+
+
+def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
+    """Make every shard file available under ``local_dir`` and check its sha256."""
+    from catalog_index.storage import sha256_of_file
+
+    for shard in manifest["index"]["shards"]:
+        for relative in (shard["index_file"], shard["metadata_file"]):
+            local = os.path.join(local_dir, relative)
+            if storage.is_gcs(folder) and not os.path.exists(local):
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                try:
+                    storage.download_file(join(folder, relative), local + ".part")
+                except Exception as error:
+                    raise IndexIntegrityError(f"{join(folder, relative)}: {error}") from None
+                os.replace(local + ".part", local)
+            if not os.path.exists(local):
+                raise IndexIntegrityError(f"{join(folder, relative)} is missing")
+        if sha256_of_file(os.path.join(local_dir, shard["index_file"])) != shard["sha256"]:
+            raise IndexIntegrityError(f"{join(folder, shard['index_file'])}: sha256 differs "
+                                      "from the manifest")
