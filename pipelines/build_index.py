@@ -65,6 +65,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
+    return value
+
+
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     """Every build option, each spelled with dashes and (for Dataflow templates) underscores."""
     def option(name, **kwargs):
@@ -95,9 +105,21 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("inference-threads", type=_positive_int, default=None, metavar="N",
            help="threads per TFLite interpreter; a worker runs cores/N batches at once "
                 "(default: cores / local worker threads, or 1 on a distributed runner)")
-    option("n-trees", type=_positive_int, default=32, metavar="N",
-           help="Annoy trees per shard (default 32)")
+    option("n-trees", type=_positive_int, default=16, metavar="N",
+           help="Annoy trees per shard to start with; doubled (up to twice) when the "
+                "recall target needs it (default 16)")
     option("seed", type=int, default=42, help="Annoy build seed (default 42)")
+    option("min-recall", type=_fraction, default=0.95, metavar="R",
+           help="quality gate: Annoy recall@10 against exact search; each shard's search_k "
+                "(and trees, if needed) is chosen to reach it (default 0.95)")
+    option("max-failure-rate", type=_fraction, default=0.05, metavar="F",
+           help="quality gate: most input that may fail (default 0.05)")
+    option("max-count-drop", type=_fraction, default=0.10, metavar="F",
+           help="quality gate: largest drop in indexed items against the published "
+                "version (default 0.10)")
+    parser.add_argument("--allow-model-change", "--allow_model_change", action="store_true",
+                        help="quality gate: publish even if the model or embedding "
+                             "dimension differs from the published version's")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -156,7 +178,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
 
     shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(args.num_shards)
     index_summaries = shards | "BuildAnnoyShard" >> beam.ParDo(BuildAnnoyShard(
-        out_dir, args.num_shards, spec_model.embedding_dim, args.n_trees, args.seed))
+        out_dir, args.num_shards, spec_model.embedding_dim, args.n_trees, args.seed,
+        args.min_recall))
     parquet_parts = shards | "WriteMetadata" >> beam.ParDo(WriteShardParquet(
         out_dir, args.num_shards, passthrough_columns, spec_model.fingerprint))
 
@@ -195,7 +218,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             raise UsageError(f"version {version_id} already exists at {out_dir}; choose "
                              "another --version-id, or pass --replace to rebuild it")
         storage.delete_tree(out_dir)
-    _, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
+    latest_version, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
     model = load_model(args.model, args.runtime)
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -204,7 +227,22 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "inference_threads": args.inference_threads or default_inference_threads(
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
-            "passthrough_columns": passthrough, "latest_token": latest_token}
+            "passthrough_columns": passthrough, "latest_token": latest_token,
+            "previous": previous_version_summary(args.output, latest_version),
+            "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
+                     "max_count_drop": args.max_count_drop,
+                     "allow_model_change": args.allow_model_change}}
+
+
+def previous_version_summary(output_root: str, latest_version: Optional[str]) -> Optional[dict]:
+    """What the gate compares against: the published version's size and model."""
+    if not latest_version:
+        return None
+    manifest_path = join(version_dir(output_root, latest_version.strip()), MANIFEST_FILE)
+    manifest = json.loads(storage.read_text(manifest_path))
+    return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
+            "model_fingerprint": manifest["model"]["fingerprint"],
+            "embedding_dim": manifest["model"]["embedding_dim"]}
 
 
 def run(argv: Optional[List[str]] = None) -> int:

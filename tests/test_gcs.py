@@ -49,7 +49,7 @@ def test_gs_catalog_to_gs_index_and_back(gcs_bucket, photos, model_cache, tmp_pa
         ["sku-broken", f"gs://{gcs_bucket}/images/broken.jpg", "Broken"]])
     root = f"gs://{gcs_bucket}/index"
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "2",
-                "--version-id", "v1"]) == 0
+                "--version-id", "v1", "--max-failure-rate", "0.3"]) == 0
     assert latest(root) == "v1"
 
     index = PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))
@@ -67,7 +67,7 @@ def test_gs_catalog_to_gs_index_and_back(gcs_bucket, photos, model_cache, tmp_pa
 
     # A glob over gs:// works too, and a new version takes over LATEST.
     assert run(["--catalog", f"gs://{gcs_bucket}/images/*.jpg", "--output", root,
-                "--num-shards", "2", "--version-id", "v2"]) == 0
+                "--num-shards", "2", "--version-id", "v2", "--max-failure-rate", "0.3"]) == 0
     assert latest(root) == "v2"
     assert len(PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))) == len(PHOTOS)
 

@@ -74,6 +74,9 @@ class _ValidateVersion(beam.DoFn):
                                              build["model"]["embedding_dim"]))
         if counts["indexed"] == 0:
             problems.append("no item was indexed")
+        quality = quality_figures(shard_entries, counts, build.get("previous"))
+        gate = quality_gate(quality, build["gate"], build["model"], build.get("previous"))
+        problems.extend(check["message"] for check in gate if not check["passed"])
         finished = datetime.datetime.now(datetime.timezone.utc)
         started = datetime.datetime.fromisoformat(build["started_at"])
         yield {
@@ -83,19 +86,75 @@ class _ValidateVersion(beam.DoFn):
             "source": build["source"],
             "model": build["model"],
             "index": {"library": "annoy", "library_version": package_metadata.version("annoy"),
-                      "metric": ANNOY_METRIC, "n_trees": build["index"]["n_trees"],
-                      "seed": build["index"]["seed"], "num_shards": build["index"]["num_shards"],
-                      "shards": [{key: entry[key] for key in (
-                          "shard", "index_file", "metadata_file", "embeddings_file", "items",
-                          "bytes", "sha256")} for entry in shard_entries]},
+                      "metric": ANNOY_METRIC, "seed": build["index"]["seed"],
+                      "num_shards": build["index"]["num_shards"],
+                      "n_trees": max((entry["n_trees"] for entry in shard_entries), default=0),
+                      "search_k": max((entry["search_k"] for entry in shard_entries), default=0),
+                      "recall_target": build["gate"]["min_recall"],
+                      "shards": [{key: entry[key] for key in SHARD_KEYS}
+                                 for entry in shard_entries]},
             "counts": counts,
-            "quality": {},
-            "validation": {"passed": not problems, "problems": problems},
+            "quality": quality,
+            "validation": {"passed": not problems, "problems": problems, "gate": gate},
             "timings": {"started_at": build["started_at"],
                         "validated_at": finished.isoformat(timespec="seconds"),
                         "seconds": round((finished - started).total_seconds(), 3)},
             "pipeline_options": build["options"],
         }
+
+
+SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "items", "bytes",
+              "sha256", "n_trees", "search_k", "recall_at_10", "recall_queries")
+
+
+def quality_figures(shard_entries, counts, previous) -> dict:
+    queries = sum(entry["recall_queries"] for entry in shard_entries)
+    recall = (sum(entry["recall_at_10"] * entry["recall_queries"] for entry in shard_entries)
+              / queries) if queries else 1.0
+    figures = {"ann_recall_at_10": round(recall, 6), "recall_queries": queries,
+               "failure_rate": round(counts["failed"] / counts["input"], 6)
+               if counts["input"] else 0.0}
+    if previous:
+        figures["previous_version"] = previous["version_id"]
+        figures["indexed_change"] = round(
+            (counts["indexed"] - previous["indexed"]) / previous["indexed"], 6) \
+            if previous["indexed"] else 0.0
+    return figures
+
+
+def quality_gate(quality: dict, thresholds: dict, model: dict, previous) -> list:
+    """Each check: name, measured value, threshold, passed, and a sentence for people."""
+    def check(name, value, threshold, passed, message):
+        return {"check": name, "value": value, "threshold": threshold, "passed": bool(passed),
+                "message": message}
+
+    checks = [
+        check("ann_recall_at_10", quality["ann_recall_at_10"], thresholds["min_recall"],
+              quality["ann_recall_at_10"] >= thresholds["min_recall"],
+              f"Annoy recall@10 {quality['ann_recall_at_10']:.3f} is below the "
+              f"{thresholds['min_recall']:.3f} target ({quality['recall_queries']} queries)"),
+        check("failure_rate", quality["failure_rate"], thresholds["max_failure_rate"],
+              quality["failure_rate"] <= thresholds["max_failure_rate"],
+              f"{quality['failure_rate']:.1%} of the input failed, more than the "
+              f"{thresholds['max_failure_rate']:.1%} allowed (see errors/)"),
+    ]
+    if previous:
+        change = quality["indexed_change"]
+        checks.append(check(
+            "indexed_change", change, -thresholds["max_count_drop"],
+            change >= -thresholds["max_count_drop"],
+            f"{-change:.1%} fewer items indexed than version {previous['version_id']} "
+            f"({previous['indexed']}), more than the {thresholds['max_count_drop']:.0%} "
+            "drop allowed"))
+        same_model = (model["fingerprint"], model["embedding_dim"]) == (
+            previous["model_fingerprint"], previous["embedding_dim"])
+        checks.append(check(
+            "model_unchanged", same_model, True, same_model or thresholds["allow_model_change"],
+            f"the model changed since version {previous['version_id']} "
+            f"({previous['model_fingerprint'][:12]}, {previous['embedding_dim']}-d -> "
+            f"{model['fingerprint'][:12]}, {model['embedding_dim']}-d); pass "
+            "--allow-model-change if that is intended"))
+    return checks
 
 
 class Validate(beam.PTransform):

@@ -1,0 +1,102 @@
+"""Annoy shards: a reproducible build, exact search for reference, and the choice of
+``search_k`` (and, when needed, more trees) that reaches a recall target at the lowest
+query cost. Beam-free: the build's shard stage and the benchmarks both use it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from catalog_index.schema import ANNOY_METRIC
+
+K = 10  # recall is measured at 10, the usual page of results
+SEARCH_K_MULTIPLIERS = (1, 2, 4, 8, 16, 32, 64, 128)  # x n_trees x K, Annoy's default is 1
+MAX_TREE_DOUBLINGS = 2
+
+
+def build_annoy(vectors: np.ndarray, n_trees: int, seed: int):
+    """An in-memory Annoy index over ``vectors`` (ids = row numbers); one thread, fixed
+    seed, so the same vectors always give the same bytes."""
+    from annoy import AnnoyIndex
+
+    index = AnnoyIndex(vectors.shape[1], ANNOY_METRIC)
+    index.set_seed(seed)
+    for annoy_id, vector in enumerate(vectors):
+        index.add_item(annoy_id, vector)
+    index.build(n_trees, n_jobs=1)
+    return index
+
+
+def query_sample(count: int, wanted: int) -> np.ndarray:
+    """Which rows serve as recall queries: ``wanted`` evenly spread rows (all when fewer)."""
+    if count <= wanted:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, wanted).round().astype(int))
+
+
+def exact_neighbours(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
+                     chunk: int = 256) -> np.ndarray:
+    """Brute-force top-k by cosine for each query row, the query itself left out."""
+    k = min(k, len(vectors) - 1)
+    result = np.empty((len(query_ids), k), dtype=np.int64)
+    for start in range(0, len(query_ids), chunk):
+        ids = np.asarray(query_ids[start:start + chunk])
+        scores = vectors[ids] @ vectors.T
+        scores[np.arange(len(ids)), ids] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k else np.empty((len(ids), 0), int)
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        result[start:start + len(ids)] = np.take_along_axis(top, order, axis=1)
+    return result
+
+
+def annoy_neighbours(index, query_ids: Sequence[int], search_k: int, k: int = K) -> List[list]:
+    found = []
+    for query in query_ids:
+        ids = index.get_nns_by_item(int(query), k + 1, search_k=search_k)
+        found.append([i for i in ids if i != query][:k])
+    return found
+
+
+def recall(found: List[list], exact: np.ndarray) -> float:
+    if exact.size == 0:
+        return 1.0
+    hits = sum(len(set(row) & set(truth)) for row, truth in zip(found, exact.tolist()))
+    return hits / exact.size
+
+
+@dataclass(frozen=True)
+class TunedShard:
+    index: object  # the AnnoyIndex to save
+    n_trees: int
+    search_k: int
+    recall: float
+    queries: int
+
+
+def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: float,
+               queries: int) -> TunedShard:
+    """Build, then pick the smallest search_k whose recall@10 reaches the target; when even
+    the largest search_k falls short, double the trees (at most twice) and try again."""
+    if len(vectors) < 2:  # nothing to search among: exact by definition
+        return TunedShard(build_annoy(vectors, n_trees, seed), n_trees, n_trees * K, 1.0, 0)
+    query_ids = query_sample(len(vectors), queries)
+    exact = exact_neighbours(vectors, query_ids)
+    for doubling in range(MAX_TREE_DOUBLINGS + 1):
+        trees = n_trees * 2 ** doubling
+        index = build_annoy(vectors, trees, seed)
+        for multiplier in SEARCH_K_MULTIPLIERS:
+            search_k = trees * K * multiplier
+            measured = recall(annoy_neighbours(index, query_ids, search_k), exact)
+            if measured >= target_recall:
+                return TunedShard(index, trees, search_k, measured, len(query_ids))
+        if doubling < MAX_TREE_DOUBLINGS:
+            index.unload()
+    return TunedShard(index, trees, search_k, measured, len(query_ids))
+
+
+def queries_per_shard(num_shards: int, total_queries: int = 1000) -> int:
+    """A shard's share of the recall queries, with a margin for uneven shards."""
+    return math.ceil(total_queries / num_shards) + 16

@@ -1,0 +1,93 @@
+"""The quality gate: recall against exact search, failures, count drop, model change."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from catalog_index import ann
+from catalog_index.schema import version_dir
+from pipelines.build_index import run
+from tests.real_images import encode, write_files
+from transforms.validate import quality_gate
+
+THRESHOLDS = {"min_recall": 0.95, "max_failure_rate": 0.05, "max_count_drop": 0.10,
+              "allow_model_change": False}
+MODEL = {"fingerprint": "a" * 64, "embedding_dim": 1280}
+PREVIOUS = {"version_id": "v1", "indexed": 1000, "model_fingerprint": "a" * 64,
+            "embedding_dim": 1280}
+
+
+def failing(checks):
+    return sorted(check["check"] for check in checks if not check["passed"])
+
+
+def test_gate_passes_a_good_version():
+    quality = {"ann_recall_at_10": 0.97, "recall_queries": 1000, "failure_rate": 0.01,
+               "indexed_change": -0.02}
+    assert failing(quality_gate(quality, THRESHOLDS, MODEL, PREVIOUS)) == []
+
+
+def test_gate_names_every_failed_check():
+    quality = {"ann_recall_at_10": 0.90, "recall_queries": 1000, "failure_rate": 0.2,
+               "indexed_change": -0.5}
+    changed = {"fingerprint": "b" * 64, "embedding_dim": 512}
+    checks = quality_gate(quality, THRESHOLDS, changed, PREVIOUS)
+    assert failing(checks) == ["ann_recall_at_10", "failure_rate", "indexed_change",
+                               "model_unchanged"]
+    assert "--allow-model-change" in next(c["message"] for c in checks
+                                          if c["check"] == "model_unchanged")
+    allowed = quality_gate(quality, {**THRESHOLDS, "allow_model_change": True}, changed, PREVIOUS)
+    assert "model_unchanged" not in failing(allowed)
+
+
+def test_exact_neighbours_match_a_plain_sort():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(300, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact = ann.exact_neighbours(vectors, [0, 7, 299], k=10)
+    for row, query in zip(exact, [0, 7, 299]):
+        scores = vectors @ vectors[query]
+        scores[query] = -np.inf
+        assert row.tolist() == np.argsort(-scores)[:10].tolist()
+
+
+def test_tuning_reaches_the_target_at_the_lowest_search_k():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 64)).astype(np.float32)  # hard: no structure at all
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    tuned = ann.tune_shard(vectors, n_trees=8, seed=42, target_recall=0.95, queries=200)
+    assert tuned.recall >= 0.95 and tuned.queries == 200
+    assert tuned.search_k > tuned.n_trees * ann.K  # Annoy's default would not have done it
+    query_ids = ann.query_sample(len(vectors), 200)
+    exact = ann.exact_neighbours(vectors, query_ids)
+    smaller = tuned.search_k // 2
+    if smaller >= tuned.n_trees * ann.K:
+        assert ann.recall(ann.annoy_neighbours(tuned.index, query_ids, smaller), exact) < 0.95
+
+
+def test_failing_gate_keeps_latest_and_exits_non_zero(tmp_path, photos, model_cache, capsys):
+    good = write_files(str(tmp_path / "good"), {
+        f"{name}.jpg": encode(photo) for name, photo in list(photos.items())[:10]})
+    output = str(tmp_path / "index")
+    assert run(["--catalog", str(tmp_path / "good" / "*.jpg"), "--output", output,
+                "--num-shards", "2", "--version-id", "v1"]) == 0
+    manifest = json.load(open(os.path.join(version_dir(output, "v1"), "manifest.json")))
+    assert manifest["quality"]["ann_recall_at_10"] >= 0.95
+    assert all(shard["search_k"] >= shard["n_trees"] * 10 for shard in manifest["index"]["shards"])
+
+    # The next night, half the catalog is broken files.
+    write_files(str(tmp_path / "good"), {f"broken-{n}.jpg": b"not a jpeg" for n in range(6)})
+    capsys.readouterr()
+    assert run(["--catalog", str(tmp_path / "good" / "*.jpg"), "--output", output,
+                "--num-shards", "2", "--version-id", "v2"]) == 1
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v1"
+    assert "of the input failed" in capsys.readouterr().err
+    report = json.load(open(os.path.join(version_dir(output, "v2"), "report.json")))
+    assert not report["validation"]["passed"]
+    assert [c["check"] for c in report["validation"]["gate"] if not c["passed"]] == ["failure_rate"]
+    assert os.path.exists(os.path.join(version_dir(output, "v2"), "manifest.json"))  # kept
+    assert len(good) == 10
