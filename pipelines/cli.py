@@ -1,25 +1,28 @@
 """``catalog-index``: one command for the build and the query side.
 
-    catalog-index build --catalog SRC --output ROOT [...]   (see: catalog-index build --help)
+    catalog-index build --catalog SRC --output ROOT [...]      (see: catalog-index build --help)
+    catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
 """
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("build",)
-
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
-    command, rest = argv[0], argv[1:]
+    command, rest = (argv[0], argv[1:]) if argv else (None, [])
     if command == "build":
         from pipelines.build_index import run
-
-        sys.exit(run(rest))
+    elif command == "query":
+        from search.cli import run
+    elif command in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0)
+    else:
+        print(__doc__.strip(), file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run(rest))
 
 
 if __name__ == "__main__":

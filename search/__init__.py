@@ -1,5 +1,5 @@
 """The search team's side: open a published version and query it. No Beam here."""
 
-from search.index import Hit, IndexIntegrityError, PublishedIndex
+from search.index import Hit, IndexIntegrityError, ModelMismatchError, PublishedIndex
 
-__all__ = ["Hit", "IndexIntegrityError", "PublishedIndex"]
+__all__ = ["Hit", "IndexIntegrityError", "ModelMismatchError", "PublishedIndex"]

@@ -1,7 +1,10 @@
 """Open a published version (local or gs://), check it, and query all shards at once.
 
     index = PublishedIndex.open("gs://bucket/index")          # follows LATEST
-    hits = index.query_vector(vector, k=10)                   # merged over every shard
+    index.query_image(open("shoe.jpg", "rb").read(), k=10)    # same model as the build
+    index.query_item("sku-123", k=10)                         # more like this
+    index.query_text("red dress", k=10)                       # BM25 over captions, titles
+    index.query_vector(vector, k=10)                          # merged over every shard
 
 Shards on GCS are downloaded once into a local cache folder per version and checked against
 the manifest's sha256 before use; Annoy then memory-maps them.
@@ -27,6 +30,14 @@ class IndexIntegrityError(ValueError):
     """The version on storage is not what its manifest says (missing file, bad checksum)."""
 
 
+class ModelMismatchError(ValueError):
+    """The model at hand is not the one that built the index: its vectors would not match."""
+
+
+# Metadata columns a text query searches, besides the passthrough columns.
+TEXT_FIELDS = ("caption",)
+
+
 @dataclass(frozen=True)
 class Hit:
     item_id: str
@@ -45,6 +56,8 @@ class PublishedIndex:
         from annoy import AnnoyIndex
 
         self.root, self.manifest, self.local_dir = root, manifest, local_dir
+        self._model = None
+        self._text_index = None
         self.version_id = manifest["version_id"]
         self.dimension = manifest["model"]["embedding_dim"]
         self.shards = []
@@ -54,7 +67,7 @@ class PublishedIndex:
             annoy.load(os.path.join(local_dir, shard["index_file"]))
             rows = pq.read_table(os.path.join(local_dir, shard["metadata_file"])).to_pylist()
             by_annoy_id = {row["annoy_id"]: row for row in rows}
-            self.shards.append((annoy, by_annoy_id))
+            self.shards.append((annoy, by_annoy_id, shard["search_k"]))
             self.rows.update((row["item_id"], row) for row in rows)
 
     @classmethod
@@ -91,24 +104,90 @@ class PublishedIndex:
 
     def vector(self, item_id: str) -> np.ndarray:
         row = self.item(item_id)
-        annoy, _ = self.shards[row["shard"]]
+        annoy, _, _ = self.shards[row["shard"]]
         return np.asarray(annoy.get_item_vector(row["annoy_id"]), dtype=np.float32)
 
-    def query_vector(self, vector: Sequence[float], k: int = 10, search_k: int = -1,
+    def query_vector(self, vector: Sequence[float], k: int = 10, search_k: Optional[int] = None,
                      exclude: Sequence[str] = ()) -> List[Hit]:
-        """The k nearest items over all shards, best first (each shard is asked for k)."""
+        """The k nearest items over all shards, best first. Each shard is searched with the
+        ``search_k`` the build tuned for the recall target, unless one is given."""
         vector = np.asarray(vector, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         wanted = k + len(exclude)
         hits = []
-        for annoy, by_annoy_id in self.shards:
-            ids, distances = annoy.get_nns_by_vector(vector, wanted, search_k=search_k,
-                                                     include_distances=True)
+        for annoy, by_annoy_id, tuned_search_k in self.shards:
+            ids, distances = annoy.get_nns_by_vector(
+                vector, wanted, search_k=search_k or tuned_search_k, include_distances=True)
             hits.extend(Hit(by_annoy_id[i]["item_id"], 1.0 - d * d / 2.0, by_annoy_id[i])
                         for i, d in zip(ids, distances))
         excluded = set(exclude)
         hits = [hit for hit in hits if hit.item_id not in excluded]
         return sorted(hits, key=lambda hit: (-hit.score, hit.item_id))[:k]
+
+    def query_item(self, item_id: str, k: int = 10) -> List[Hit]:
+        """More like this: the k items nearest to an indexed item, the item itself left out."""
+        return self.query_vector(self.vector(item_id), k, exclude=[item_id])
+
+    def query_image(self, image: bytes, k: int = 10) -> List[Hit]:
+        """Embed an image file's bytes exactly as the build did, then search."""
+        from models.preprocessing import PreprocessingSpec, preprocess_image
+
+        model = self.model()
+        spec = PreprocessingSpec.from_dict(self.manifest["model"]["preprocessing"])
+        pixels = preprocess_image(image, spec).pixels
+        return self.query_vector(model.predict(pixels[None]).embeddings[0], k)
+
+    def model(self, spec: Optional[str] = None, runtime: str = "auto"):
+        """The model that built this version (or ``spec``), refused unless its fingerprint
+        matches the manifest's."""
+        if self._model is None or spec is not None:
+            from models.loader import load_model
+
+            built_with = self.manifest["model"]
+            model = load_model(spec or self.manifest["pipeline_options"].get("model")
+                               or built_with["name"], runtime)
+            if model.info.fingerprint != built_with["fingerprint"]:
+                raise ModelMismatchError(
+                    f"model {model.info.name} has fingerprint {model.info.fingerprint[:12]}, "
+                    f"but version {self.version_id} was built with {built_with['name']} "
+                    f"({built_with['fingerprint'][:12]}); its vectors would not match")
+            self._model = model
+        return self._model
+
+    def query_text(self, text: str, k: int = 10) -> List[Hit]:
+        """BM25 over each item's caption and passthrough text (title, category, ...)."""
+        if self._text_index is None:
+            self._text_index = _TextIndex(list(self.rows.values()))
+        return self._text_index.search(text, k)
+
+
+class _TextIndex:
+    def __init__(self, rows: List[dict]):
+        import bm25s
+
+        self.rows = rows
+        passthrough = [name for name in (rows[0] if rows else {})
+                       if name not in _NOT_TEXT and isinstance(rows[0].get(name), (str, type(None)))]
+        documents = [" ".join(str(row.get(name) or "") for name in (*TEXT_FIELDS, *passthrough))
+                     for row in rows]
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(documents, stopwords="en", show_progress=False),
+                             show_progress=False)
+
+    def search(self, text: str, k: int) -> List[Hit]:
+        import bm25s
+
+        query = bm25s.tokenize([text], stopwords="en", show_progress=False)
+        if not self.rows or not query.vocab:
+            return []
+        ids, scores = self.retriever.retrieve(query, k=min(k, len(self.rows)),
+                                              show_progress=False)
+        return [Hit(self.rows[i]["item_id"], float(score), self.rows[i])
+                for i, score in zip(ids[0], scores[0]) if score > 0]
+
+
+_NOT_TEXT = {"item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "height",
+             "labels", "colors", *TEXT_FIELDS}
 
 
 def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:

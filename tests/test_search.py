@@ -1,0 +1,140 @@
+"""The search team's side: open a published version and query it by image, item and text."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from catalog_index.schema import version_dir
+from pipelines.build_index import run
+from search import ModelMismatchError, PublishedIndex
+from search.cli import run as query_cli
+from tests.real_images import encode, write_files
+
+
+def distractors():
+    """Real face photos (scikit-image's LFW subset) so the photos are not alone."""
+    import skimage.data
+
+    faces = (skimage.data.lfw_subset()[:100] * 255).astype(np.uint8)
+    return {f"face-{n:03d}": np.stack([face] * 3, -1) for n, face in enumerate(faces)}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, photos, model_cache):
+    root = tmp_path_factory.mktemp("search")
+    images = {f"{name}.jpg": encode(photo) for name, photo in photos.items()}
+    images.update({f"{name}.png": encode(face, "PNG") for name, face in distractors().items()})
+    write_files(str(root / "images"), images)
+    output = str(root / "index")
+    assert run(["--catalog", str(root / "images" / "*"), "--output", output,
+                "--num-shards", "3", "--version-id", "v1"]) == 0
+    return output, PublishedIndex.open(output)
+
+
+def altered_copy(photo: np.ndarray) -> bytes:
+    """The same product as a shop might re-upload it: cropped a little, smaller, JPEG q=60."""
+    image = Image.fromarray(photo)
+    w, h = image.size
+    image = image.crop((int(w * .04), int(h * .04), int(w * .96), int(h * .96)))
+    image = image.resize((int(image.width * .7), int(image.height * .7)), Image.BICUBIC)
+    return encode(np.asarray(image), quality=60)
+
+
+def test_an_indexed_image_finds_itself_first(built, photos):
+    _, index = built
+    for name in ("coffee", "chelsea", "rocket"):
+        hits = index.query_image(encode(photos[name]), k=5)
+        assert hits[0].item_id == name and hits[0].score > 0.99
+
+
+def test_altered_copies_find_their_original(built, photos):
+    _, index = built
+    found = {name: index.query_image(altered_copy(photo), k=1)[0].item_id == name
+             for name, photo in photos.items()}
+    assert sum(found.values()) / len(found) >= 0.95, found
+
+
+def test_merged_shard_results_equal_exact_search(built):
+    output, index = built
+    folder = version_dir(output, "v1")
+    rows = [row for name in sorted(os.listdir(os.path.join(folder, "embeddings")))
+            for row in pq.read_table(os.path.join(folder, "embeddings", name)).to_pylist()]
+    ids = [row["item_id"] for row in rows]
+    vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
+    assert len(index.shards) == 3 and all(annoy.get_n_items() for annoy, _, _ in index.shards)
+    exhaustive = len(ids) * 64
+    for query in range(0, len(ids), 7):
+        scores = vectors @ vectors[query]
+        exact = [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
+        merged = index.query_vector(vectors[query], k=10, search_k=exhaustive)
+        assert [hit.item_id for hit in merged] == exact
+        np.testing.assert_allclose([hit.score for hit in merged],
+                                   np.sort(scores)[::-1][:10], atol=1e-4)
+
+
+def test_more_like_this_leaves_the_item_out(built):
+    _, index = built
+    hits = index.query_item("coffee", k=5)
+    assert len(hits) == 5 and "coffee" not in [hit.item_id for hit in hits]
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
+
+
+def test_text_query_returns_items_whose_caption_has_the_word(built):
+    _, index = built
+    cat_items = {item for item, row in index.rows.items() if "cat" in row["caption"].split()}
+    assert cat_items  # chelsea is captioned as a cat
+    hits = index.query_text("cat", k=10)
+    assert {hit.item_id for hit in hits} == cat_items
+    assert all("cat" in hit.metadata["caption"] for hit in hits)
+    assert index.query_text("the of and", k=10) == []  # only stop words: nothing to match
+
+
+def test_cli_json_lists_best_first(built, photos, tmp_path, capsys):
+    output, _ = built
+    path = tmp_path / "query.jpg"
+    path.write_bytes(altered_copy(photos["coffee"]))
+    assert query_cli(["--index", output, "--image", str(path), "-k", "4", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["item_id"] == "coffee" and len(results) == 4
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert query_cli(["--index", output, "--item-id", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_different_model_is_refused(built, photos, tmp_path, capsys):
+    output, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    manifest_path = copy / "versions" / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["fingerprint"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError, match="would not match"):
+        PublishedIndex.open(str(copy)).query_image(encode(photos["coffee"]))
+    image = tmp_path / "q.jpg"
+    image.write_bytes(encode(photos["coffee"]))
+    assert query_cli(["--index", str(copy), "--image", str(image)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "would not match" in err and len(err.splitlines()) == 1
+
+
+def test_a_tampered_shard_is_refused(built, tmp_path):
+    output, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    shard = copy / "versions" / "v1" / "index" / "shard-00001-of-00003.ann"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    from search import IndexIntegrityError
+
+    with pytest.raises(IndexIntegrityError, match="sha256"):
+        PublishedIndex.open(str(copy))
