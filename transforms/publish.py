@@ -1,4 +1,4 @@
-"""Publish: write report.json, then manifest.json (last inside the version), then LATEST,
+"""Publish: write manifest.json (last inside the version), then LATEST,
 and LATEST only when validation passed and only if nobody published since this build read
 it (a GCS generation precondition; a lock file locally). A build that loses that race
 fails with :class:`catalog_index.storage.PublishConflict`; its version stays intact."""
@@ -10,13 +10,8 @@ import json
 import apache_beam as beam
 
 from catalog_index import storage
-from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, REPORT_FILE, join
+from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join
 from transforms.errors import counter
-
-
-def report_from_manifest(manifest: dict) -> dict:
-    return {key: manifest[key] for key in ("version_id", "counts", "quality", "validation",
-                                            "timings")}
 
 
 class _PublishVersion(beam.DoFn):
@@ -25,8 +20,6 @@ class _PublishVersion(beam.DoFn):
         self.latest_token = latest_token
 
     def process(self, manifest):
-        storage.write_text(join(self.version_dir, REPORT_FILE),
-                           json.dumps(report_from_manifest(manifest), indent=2))
         storage.write_text(join(self.version_dir, MANIFEST_FILE), json.dumps(manifest, indent=2))
         if manifest["validation"]["passed"]:
             storage.replace_latest(join(self.output_root, LATEST_FILE),

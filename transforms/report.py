@@ -1,0 +1,91 @@
+"""Report: report.json and report.html for the version, before it is published (or not).
+
+Sample queries run against the version's own shards, through the same reader search teams
+use, and show each sample item's top-5 neighbours as thumbnails.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import tempfile
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+
+from catalog_index import storage
+from catalog_index.report_html import SampleQuery, render, thumbnail_data_uri
+from catalog_index.schema import ERRORS_PREFIX, REPORT_FILE, join, shard_suffix
+from transforms.fetch import read_image_bytes
+
+SAMPLE_QUERIES = 6
+NEIGHBOURS = 5
+EXAMPLES_PER_REASON = 3
+
+
+def report_from_manifest(manifest: dict) -> dict:
+    return {key: manifest[key] for key in ("version_id", "counts", "quality", "validation",
+                                            "timings")}
+
+
+def error_groups(version_dir: str) -> list:
+    """Errors grouped by (stage, error type), largest group first, with a few examples."""
+    path = join(version_dir, f"{ERRORS_PREFIX}-{shard_suffix(0, 1)}.parquet")
+    rows = pq.read_table(io.BytesIO(storage.read_bytes(path))).to_pylist()
+    groups = collections.defaultdict(list)
+    for row in rows:
+        groups[(row["stage"], row["error_type"])].append(row)
+    return [{"stage": stage, "error_type": error_type, "count": len(members),
+             "examples": [f"{m['item_id']}: {m['message']}" for m in members[:EXAMPLES_PER_REASON]]}
+            for (stage, error_type), members in sorted(groups.items(), key=lambda g: -len(g[1]))]
+
+
+def _thumbnail(row: dict):
+    try:
+        return thumbnail_data_uri(read_image_bytes(row["image_uri"]))
+    except Exception:
+        return None
+
+
+def sample_queries(index) -> list:
+    """A fixed handful of items (by hash of item_id) and their nearest neighbours."""
+    chosen = sorted(index.rows, key=lambda item: hashlib.sha256(item.encode()).hexdigest())
+    samples = []
+    for item_id in chosen[:SAMPLE_QUERIES]:
+        row = index.item(item_id)
+        hits = index.query_item(item_id, NEIGHBOURS)
+        samples.append(SampleQuery(item_id, row["caption"], _thumbnail(row), [
+            (hit.item_id, hit.score, hit.metadata["caption"], _thumbnail(hit.metadata))
+            for hit in hits]))
+    return samples
+
+
+class _WriteReport(beam.DoFn):
+    def __init__(self, output_root: str, version_dir: str):
+        self.output_root, self.version_dir = output_root, version_dir
+
+    def process(self, manifest):
+        from search.index import PublishedIndex
+
+        samples = []
+        if manifest["counts"]["indexed"]:
+            with tempfile.TemporaryDirectory() as cache:
+                index = PublishedIndex.from_manifest(self.output_root, manifest, cache_dir=cache)
+                samples = sample_queries(index)
+        page = render(manifest, error_groups(self.version_dir), samples)
+        storage.write_text(join(self.version_dir, "report.html"), page)
+        storage.write_text(join(self.version_dir, REPORT_FILE),
+                           json.dumps(report_from_manifest(manifest), indent=2))
+        yield manifest
+
+
+class Report(beam.PTransform):
+    def __init__(self, output_root: str, version_dir: str):
+        super().__init__()
+        self.output_root, self.version_dir = output_root, version_dir
+
+    def expand(self, manifests):
+        return manifests | "WriteReport" >> beam.ParDo(
+            _WriteReport(self.output_root, self.version_dir))
