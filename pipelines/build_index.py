@@ -261,10 +261,27 @@ def run(argv: Optional[List[str]] = None) -> int:
             build_pipeline(pipeline, args, build, build["passthrough_columns"])
     except Exception as error:  # the runner wraps the worker's exception in its own
         logging.getLogger(__name__).debug("build failed", exc_info=True)
-        print(f"catalog-index build: failed, not published: {_root_cause(error)}",
-              file=sys.stderr)
+        print(f"catalog-index build: not published: {_root_cause(error)}", file=sys.stderr)
         return 1
     return report_outcome(args.output, build)
+
+
+class _HideReportedFailures(logging.Filter):
+    """Beam logs a failing worker's whole traceback. For the outcomes the launcher reports
+    in one line itself (the quality gate failed, another build published first) that is
+    noise; every other failure keeps its traceback."""
+
+    REPORTED = ("QualityGateFailed", "PublishConflict")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += type(record.exc_info[1]).__name__
+        return not any(name in text for name in self.REPORTED)
+
+
+for _logger in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_worker"):
+    logging.getLogger(_logger).addFilter(_HideReportedFailures())
 
 
 def _root_cause(error: BaseException) -> str:
@@ -272,10 +289,10 @@ def _root_cause(error: BaseException) -> str:
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
     text = f"{type(error).__name__}: {error}"
-    conflict = "PublishConflict: "
-    if conflict in text:  # runners re-raise worker errors as text
-        text = text[text.index(conflict):]
-    return " ".join(text.split())[:500]
+    for known in ("PublishConflict: ", "QualityGateFailed: "):
+        if known in text:  # runners re-raise worker errors as text
+            text = text[text.index(known):].split("\n")[0].split(" [while running")[0]
+    return " ".join(text.split())[:1000]
 
 
 def report_outcome(output_root: str, build: dict) -> int:

@@ -1,7 +1,12 @@
 """Publish: write manifest.json (last inside the version), then LATEST,
 and LATEST only when validation passed and only if nobody published since this build read
 it (a GCS generation precondition; a lock file locally). A build that loses that race
-fails with :class:`catalog_index.storage.PublishConflict`; its version stays intact."""
+fails with :class:`catalog_index.storage.PublishConflict`; its version stays intact.
+
+A version that fails validation is kept (manifest, report and all) and the job fails with
+:class:`QualityGateFailed`, so that a scheduler (Airflow, Cloud Composer) sees a failed
+Dataflow job and pages the on-call engineer, instead of a green job that published nothing.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ import apache_beam as beam
 from catalog_index import storage
 from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join
 from transforms.errors import counter
+
+
+class QualityGateFailed(RuntimeError):
+    """The version did not pass validation; LATEST was left alone."""
 
 
 class _PublishVersion(beam.DoFn):
@@ -25,9 +34,13 @@ class _PublishVersion(beam.DoFn):
             storage.replace_latest(join(self.output_root, LATEST_FILE),
                                    manifest["version_id"] + "\n", self.latest_token)
             counter("published").inc()
-        else:
-            counter("validation_failed").inc()
-        yield manifest["validation"]["passed"]
+            yield manifest["version_id"]
+            return
+        counter("validation_failed").inc()
+        raise QualityGateFailed(
+            f"version {manifest['version_id']} not published: "
+            + "; ".join(manifest["validation"]["problems"])
+            + f" (see {join(self.version_dir, 'report.html')})")
 
 
 class Publish(beam.PTransform):
