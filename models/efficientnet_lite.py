@@ -45,15 +45,26 @@ def _batchnorm_weights(state, prefix):
     return [state[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
 
 
-def build_keras_model(state) -> "keras.Model":
+def build_keras_model(state, precision: str = "float32") -> "keras.Model":
     """Return a Keras model mapping normalized 224x224 RGB to {embedding, probabilities}.
 
     ``state`` is the torch state_dict as NumPy arrays. The embedding is the L2-normalized
     1280-d global average pool; probabilities are the softmax over ImageNet-1k.
+    ``precision="mixed"`` computes the convolutions in float16 (fast on GPUs with tensor
+    cores) and the pooled features, embedding and classifier in float32.
     """
     import keras
     from keras import layers
 
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if precision == "mixed" else "float32")
+    try:
+        return _build(state, keras, layers)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _build(state, keras, layers):
     def conv(x, name, stride=1):
         kernel = _conv_kernel(state[f"{name}.weight"])
         layer = layers.Conv2D(kernel.shape[3], kernel.shape[:2], strides=stride, padding="same",
@@ -97,20 +108,20 @@ def build_keras_model(state) -> "keras.Model":
         raise ValueError("weights have more blocks than the Lite0 stage table")
 
     x = batchnorm(conv(x, "_conv_head"), "_bn1")
-    pooled = layers.GlobalAveragePooling2D(name="pool")(x)
-    embedding = layers.UnitNormalization(axis=-1, name="embedding")(pooled)
-    classifier = layers.Dense(NUM_CLASSES, name="logits")
+    pooled = layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
+    embedding = layers.UnitNormalization(axis=-1, name="embedding", dtype="float32")(pooled)
+    classifier = layers.Dense(NUM_CLASSES, name="logits", dtype="float32")
     logits = classifier(pooled)
     classifier.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
-    probabilities = layers.Softmax(name="probabilities")(logits)
+    probabilities = layers.Softmax(name="probabilities", dtype="float32")(logits)
     return keras.Model(inputs, {"embedding": embedding, "probabilities": probabilities},
                        name="efficientnet_lite0")
 
 
-def build_from_installed_weights(path: str | None = None):
+def build_from_installed_weights(path: str | None = None, precision: str = "float32"):
     from models.torch_weights import load_legacy_state_dict
 
-    return build_keras_model(load_legacy_state_dict(path or weights_path()))
+    return build_keras_model(load_legacy_state_dict(path or weights_path()), precision)
 
 
 def cache_key(path: str) -> str:

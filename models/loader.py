@@ -40,6 +40,7 @@ from models.preprocessing import PreprocessingSpec, normalize
 
 DEFAULT_MODEL = "efficientnet_lite0"
 RUNTIMES = ("auto", "keras", "tflite", "savedmodel")
+PRECISIONS = ("float32", "mixed")
 SIDECAR_NAME = "catalog_model.json"
 LITE0_PREPROCESSING = PreprocessingSpec(
     input_size=efficientnet_lite.INPUT_SIZE, fit="auto", scale=1.0 / 128.0, offset=-127.0 / 128.0)
@@ -284,19 +285,32 @@ def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str,
 
 # ----------------------------------------------------------------------------- loaders
 
-def _load_efficientnet_lite0(runtime: str, cache_dir: str,
-                             threads: Optional[int]) -> EmbeddingModel:
+def _load_efficientnet_lite0(runtime: str, cache_dir: str, threads: Optional[int],
+                             precision: str) -> EmbeddingModel:
     weights = efficientnet_lite.weights_path()
     key = efficientnet_lite.cache_key(weights)
-    keras_path = os.path.join(cache_dir, "efficientnet_lite0", key[:16], "model.keras")
+    name = "model.keras" if precision == "float32" else f"model-{precision}.keras"
+    keras_path = os.path.join(cache_dir, "efficientnet_lite0", key[:16], name)
     if not os.path.exists(keras_path):
-        model = efficientnet_lite.build_from_installed_weights(weights)
+        model = efficientnet_lite.build_from_installed_weights(weights, precision)
         _atomic_write(keras_path, model.save)
     info = ModelInfo(name="efficientnet_lite0", fingerprint=key,
                      embedding_dim=efficientnet_lite.EMBEDDING_DIM,
                      preprocessing=LITE0_PREPROCESSING, runtime=runtime,
                      class_names=imagenet_class_names())
     return _keras_or_tflite(keras_path, info, runtime, threads)
+
+
+def enable_gpu_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as it needs it rather than all at once, so that
+    several SDK processes of a Dataflow worker can share one GPU."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # the GPU is already initialized: too late, and already set
+            pass
 
 
 def _local_copy(path: str, cache_dir: str, fingerprint: str, suffix: str) -> str:
@@ -358,18 +372,26 @@ def _load_saved_model(path: str, runtime: str) -> EmbeddingModel:
 
 
 def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
-               cache_dir: Optional[str] = None, threads: Optional[int] = None) -> EmbeddingModel:
+               cache_dir: Optional[str] = None, threads: Optional[int] = None,
+               precision: str = "float32") -> EmbeddingModel:
     """Load the model named by ``spec`` (see module docs) for ``runtime``.
 
     ``threads``: TFLite threads per interpreter (default: all cores; see
-    :class:`TFLiteEmbeddingModel`)."""
+    :class:`TFLiteEmbeddingModel`). ``precision``: ``float32`` or ``mixed`` (float16
+    compute, float32 outputs; the default model on the Keras runtime only)."""
     import tensorflow as tf
 
+    enable_gpu_memory_growth()
     cache_dir = cache_dir or efficientnet_lite.default_cache_dir()
     spec = spec or DEFAULT_MODEL
     resolved = resolve_runtime(runtime)
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"unknown precision {precision!r}; choose float32 or mixed")
+    if precision == "mixed" and (spec != DEFAULT_MODEL or resolved != "keras"):
+        raise ModelLoadError("mixed precision applies to efficientnet_lite0 on the Keras "
+                             f"runtime (a GPU), not to {spec} on {resolved}")
     if spec == DEFAULT_MODEL:
-        return _load_efficientnet_lite0(resolved, cache_dir, threads)
+        return _load_efficientnet_lite0(resolved, cache_dir, threads, precision)
     if spec.startswith("hub:"):
         return _load_saved_model(spec, "savedmodel")
     if spec.endswith(".keras"):

@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from catalog_index import storage
 from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
-from models.loader import DEFAULT_MODEL, RUNTIMES, ModelLoadError, load_model
+from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from transforms.annoy_shard import BuildAnnoyShard
 from transforms.caption import Caption
@@ -66,6 +66,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _boolean(text: str) -> bool:
+    """``--flag``, ``--flag=true`` and ``--flag=false`` (Flex Templates pass a value)."""
+    lowered = str(text).lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+    return lowered in ("true", "1", "yes")
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -93,9 +101,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="number of Annoy index shards (default 8)")
     option("version-id", metavar="ID", default=None,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
-    parser.add_argument("--replace", action="store_true",
-                        help="rebuild a version folder that already exists (e.g. after a "
-                             "crashed build); without it an existing version is an error")
+    option("replace", type=_boolean, nargs="?", const=True, default=False,
+           help="rebuild a version folder that already exists (e.g. after a crashed "
+                "build); without it an existing version is an error")
     option("model", default=DEFAULT_MODEL,
            help="efficientnet_lite0 (default), a .keras file, a SavedModel / TF Hub folder "
                 "(local or gs://), or hub:HANDLE")
@@ -118,9 +126,12 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("max-count-drop", type=_fraction, default=0.10, metavar="F",
            help="quality gate: largest drop in indexed items against the published "
                 "version (default 0.10)")
-    parser.add_argument("--allow-model-change", "--allow_model_change", action="store_true",
-                        help="quality gate: publish even if the model or embedding "
-                             "dimension differs from the published version's")
+    option("allow-model-change", type=_boolean, nargs="?", const=True, default=False,
+           help="quality gate: publish even if the model or embedding dimension differs "
+                "from the published version's")
+    option("precision", choices=PRECISIONS, default="float32",
+           help="float32 (default) or mixed (float16 compute on a GPU, float32 "
+                "embeddings; Keras runtime only)")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -173,7 +184,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
     handler = EmbeddingModelHandler(args.model, spec_model.runtime,
                                     min_batch_size=min(8, args.batch_size),
                                     max_batch_size=args.batch_size,
-                                    inference_threads=build["inference_threads"])
+                                    inference_threads=build["inference_threads"],
+                                    precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=spec_model.class_names)
 
@@ -221,7 +233,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                              "another --version-id, or pass --replace to rebuild it")
         storage.delete_tree(out_dir)
     latest_version, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
-    model = load_model(args.model, args.runtime)
+    model = load_model(args.model, args.runtime, precision=args.precision)
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model.info.to_manifest(), "model_info": model.info,
@@ -257,13 +269,32 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(f"catalog-index build: error: {error}", file=sys.stderr)
         return 2
     try:
-        with beam.Pipeline(options=pipeline_options) as pipeline:
-            build_pipeline(pipeline, args, build, build["passthrough_columns"])
+        result = submit(args, pipeline_options, build)
+        if is_local(pipeline_options):
+            result.wait_until_finish()
     except Exception as error:  # the runner wraps the worker's exception in its own
         logging.getLogger(__name__).debug("build failed", exc_info=True)
         print(f"catalog-index build: not published: {_root_cause(error)}", file=sys.stderr)
         return 1
+    if not is_local(pipeline_options):
+        # A Flex Template launcher must exit once the job is submitted; the job publishes
+        # LATEST itself, and fails (alerting the scheduler) when the quality gate does.
+        print(f"submitted version {build['version_id']} to "
+              f"{pipeline_options.get_all_options()['runner']}")
+        return 0
     return report_outcome(args.output, build)
+
+
+def is_local(pipeline_options: PipelineOptions) -> bool:
+    return pipeline_options.get_all_options().get("runner") in (
+        None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+
+
+def submit(args, pipeline_options: PipelineOptions, build: dict):
+    """Construct the pipeline and hand it to the runner; returns the PipelineResult."""
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build_pipeline(pipeline, args, build, build["passthrough_columns"])
+    return pipeline.run()
 
 
 class _HideReportedFailures(logging.Filter):

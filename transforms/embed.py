@@ -25,14 +25,15 @@ class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
 
     def __init__(self, model: str, runtime: str = "auto", min_batch_size: int = 8,
                  max_batch_size: int = 32, cache_dir: Optional[str] = None,
-                 inference_threads: Optional[int] = None):
+                 inference_threads: Optional[int] = None, precision: str = "float32"):
         super().__init__()
         self.model, self.runtime, self.cache_dir = model, runtime, cache_dir
-        self.inference_threads = inference_threads
+        self.inference_threads, self.precision = inference_threads, precision
         self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
 
     def load_model(self) -> EmbeddingModel:
-        model = load_model(self.model, self.runtime, self.cache_dir, self.inference_threads)
+        model = load_model(self.model, self.runtime, self.cache_dir, self.inference_threads,
+                           self.precision)
         # TensorFlow and the model leave millions of long-lived Python objects behind; the
         # cyclic GC would rescan all of them again and again while images stream through
         # (14% of build CPU, measured with py-spy). Move them out of its sight.
