@@ -16,6 +16,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -66,6 +67,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def _version_id(text: str) -> str:
+    """A folder name: letters, digits, '.', '_' and '-' (no slashes, no '..' tricks)."""
+    if not VERSION_ID.match(text) or ".." in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version id (letters, digits, '.', '_', '-'; 128 at most)")
+    return text
+
+
 def _boolean(text: str) -> bool:
     """``--flag``, ``--flag=true`` and ``--flag=false`` (Flex Templates pass a value)."""
     lowered = str(text).lower()
@@ -99,7 +111,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "ROOT/LATEST names the published one")
     option("num-shards", type=_positive_int, default=8, metavar="N",
            help="number of Annoy index shards (default 8)")
-    option("version-id", metavar="ID", default=None,
+    option("version-id", metavar="ID", default=None, type=_version_id,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
     option("replace", type=_boolean, nargs="?", const=True, default=False,
            help="rebuild a version folder that already exists (e.g. after a crashed "
