@@ -2,6 +2,7 @@
 
     catalog-index build --catalog SRC --output ROOT [...]      (see: catalog-index build --help)
     catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
+    catalog-index rollback --index ROOT --version ID          (point LATEST at an earlier version)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ def main(argv=None) -> None:
         from pipelines.build_index import run
     elif command == "query":
         from search.cli import run
+    elif command == "rollback":
+        from pipelines.rollback import run
     elif command in ("-h", "--help"):
         print(__doc__.strip())
         sys.exit(0)

@@ -197,3 +197,24 @@ def test_tflite_pool_is_safe_to_call_from_many_threads(model_cache, photos):
     for want, got in zip(expected, results):
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert model.capacity == (os.cpu_count() or 1)
+
+
+def test_auto_runtime_uses_the_gpu_when_there_is_one(monkeypatch):
+    from models import loader
+
+    monkeypatch.setattr(loader, "gpu_available", lambda: True)
+    assert loader.resolve_runtime("auto") == "keras"
+    monkeypatch.setattr(loader, "gpu_available", lambda: False)
+    assert loader.resolve_runtime("auto") == "tflite"
+
+
+def test_mixed_precision_embeddings_agree_with_float32(keras_model, photos, model_cache):
+    mixed = load_model("efficientnet_lite0", runtime="keras", precision="mixed",
+                       cache_dir=model_cache)
+    assert mixed.info.fingerprint == keras_model.info.fingerprint
+    images = [encode(photo) for photo in photos.values()]
+    cosine = np.sum(embed(mixed, images).embeddings * embed(keras_model, images).embeddings, 1)
+    assert cosine.min() >= 0.999
+    assert mixed.model.get_layer("conv_stem").dtype_policy.compute_dtype == "float16"
+    with pytest.raises(ModelLoadError, match="mixed precision"):
+        load_model("efficientnet_lite0", runtime="tflite", precision="mixed", cache_dir=model_cache)

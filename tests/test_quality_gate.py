@@ -91,3 +91,14 @@ def test_failing_gate_keeps_latest_and_exits_non_zero(tmp_path, photos, model_ca
     assert [c["check"] for c in report["validation"]["gate"] if not c["passed"]] == ["failure_rate"]
     assert os.path.exists(os.path.join(version_dir(output, "v2"), "manifest.json"))  # kept
     assert len(good) == 10
+
+    # Rolling back refuses the failed version unless forced, and accepts a good one.
+    from pipelines.rollback import run as rollback
+
+    assert rollback(["--index", output, "--version", "v2"]) == 1
+    assert "failed validation" in capsys.readouterr().err
+    assert rollback(["--index", output, "--version", "nope"]) == 1
+    assert rollback(["--index", output, "--version", "v2", "--force"]) == 0
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v2"
+    assert rollback(["--index", output, "--version", "v1"]) == 0
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v1"

@@ -1,0 +1,51 @@
+"""``catalog-index rollback``: point LATEST at an earlier, validated version.
+
+    catalog-index rollback --index ROOT --version ID [--force]
+
+The version must be complete (manifest.json) and must have passed validation, unless
+``--force``. LATEST is replaced under the same precondition as a build's publication, so a
+rollback never silently overwrites a build that published a moment earlier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from catalog_index import storage
+from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="catalog-index rollback", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, metavar="ROOT", help="output root (local or gs://)")
+    parser.add_argument("--version", required=True, metavar="ID", help="the version to publish")
+    parser.add_argument("--force", action="store_true",
+                        help="publish a version even though it failed validation")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    latest_path = join(args.index, LATEST_FILE)
+    try:
+        current, token = storage.read_latest(latest_path)
+        manifest = json.loads(storage.read_text(
+            join(version_dir(args.index, args.version), MANIFEST_FILE)))
+        if not manifest["validation"]["passed"] and not args.force:
+            raise ValueError(f"version {args.version} failed validation ("
+                             + "; ".join(manifest["validation"]["problems"])
+                             + "); pass --force to publish it anyway")
+        storage.replace_latest(latest_path, args.version + "\n", token)
+    except FileNotFoundError:
+        print(f"catalog-index rollback: error: version {args.version} has no manifest.json "
+              "(missing or incomplete)", file=sys.stderr)
+        return 1
+    except (ValueError, storage.StorageError) as error:
+        print(f"catalog-index rollback: error: {error}", file=sys.stderr)
+        return 1
+    print(f"{latest_path}: {(current or 'nothing').strip()} -> {args.version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
