@@ -84,6 +84,13 @@ class PublishedIndex:
             manifest = json.loads(storage.read_text(join(folder, MANIFEST_FILE)))
         except FileNotFoundError:
             raise FileNotFoundError(f"{folder}: no manifest.json (not a complete version)") from None
+        return cls.from_manifest(root, manifest, cache_dir)
+
+    @classmethod
+    def from_manifest(cls, root: str, manifest: dict,
+                      cache_dir: Optional[str] = None) -> "PublishedIndex":
+        """A version described by ``manifest`` (e.g. one being validated, not yet published)."""
+        folder = version_dir(root, manifest["version_id"])
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise IndexIntegrityError(f"{folder}: schema_version {manifest.get('schema_version')}"
                                       f", this reader understands {SCHEMA_VERSION}")
