@@ -327,15 +327,19 @@ for _logger in ("apache_beam.runners.common", "apache_beam.runners.worker.sdk_wo
     logging.getLogger(_logger).addFilter(_HideReportedFailures())
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failed|Conflict|Exit)\b.*")
+
+
 def _root_cause(error: BaseException) -> str:
-    """The most specific message in an exception chain, on one line."""
+    """The most specific message in an exception chain, on one line. Runners re-raise a
+    worker's exception as the text of its traceback: the last exception line is the cause."""
     while error.__cause__ is not None or error.__context__ is not None:
         error = error.__cause__ or error.__context__
-    text = f"{type(error).__name__}: {error}"
-    for known in ("PublishConflict: ", "QualityGateFailed: "):
-        if known in text:  # runners re-raise worker errors as text
-            text = text[text.index(known):].split("\n")[0].split(" [while running")[0]
-    return " ".join(text.split())[:1000]
+    lines = [line.strip() for line in str(error).splitlines()
+             if _EXCEPTION_LINE.match(line.strip())]
+    text = lines[-1] if lines else f"{type(error).__name__}: {error}"
+    text = re.sub(r"^[\w.]*\.(?=\w+: )", "", text)  # transforms.publish.QualityGateFailed -> ...
+    return " ".join(text.split(" [while running")[0].split())[:1000]
 
 
 def report_outcome(output_root: str, build: dict) -> int:
