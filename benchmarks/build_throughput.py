@@ -53,7 +53,7 @@ def write_catalog_images(folder: str, count: int, size: int, seed: int = 0) -> l
     return paths
 
 
-def measure_build(paths: list) -> float:
+def measure_build(paths: list, extra_args=()) -> float:
     """Seconds for ``catalog-index build`` over exactly these files (linked into a folder)."""
     from pipelines.build_index import run
 
@@ -65,7 +65,8 @@ def measure_build(paths: list) -> float:
     try:
         started = time.perf_counter()
         status = run(["--catalog", os.path.join(images, "*.jpg"), "--output",
-                      os.path.join(scratch, "index"), "--num-shards", "4", "--version-id", "bench"])
+                      os.path.join(scratch, "index"), "--num-shards", "4", "--version-id", "bench",
+                      *extra_args])
         elapsed = time.perf_counter() - started
         if status != 0:
             raise SystemExit(f"build failed with status {status}")
