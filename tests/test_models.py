@@ -218,3 +218,16 @@ def test_mixed_precision_embeddings_agree_with_float32(keras_model, photos, mode
     assert mixed.model.get_layer("conv_stem").dtype_policy.compute_dtype == "float16"
     with pytest.raises(ModelLoadError, match="mixed precision"):
         load_model("efficientnet_lite0", runtime="tflite", precision="mixed", cache_dir=model_cache)
+
+
+def test_tflite_embeddings_do_not_depend_on_batching_or_threads(model_cache, photos):
+    """Byte-identical rebuilds rest on this: Beam batches items differently on every run."""
+    pixels = np.stack([pp.preprocess_image(encode(photo), SPEC).pixels
+                       for photo in photos.values()])
+    one = load_model("efficientnet_lite0", runtime="tflite", cache_dir=model_cache, threads=1)
+    two = load_model("efficientnet_lite0", runtime="tflite", cache_dir=model_cache, threads=2)
+    whole = one.predict(pixels).embeddings
+    in_threes = np.concatenate([one.predict(pixels[i:i + 3]).embeddings
+                                for i in range(0, len(pixels), 3)])
+    np.testing.assert_array_equal(whole, in_threes)
+    np.testing.assert_array_equal(whole, two.predict(pixels).embeddings)
