@@ -357,18 +357,18 @@ def _load_saved_model(path: str, runtime: str) -> EmbeddingModel:
     fingerprint = _sha256_of_tree(handle) if "://" not in handle or handle.startswith("gs://") \
         else hashlib.sha256(handle.encode()).hexdigest()
     sidecar = _read_sidecar(handle)
-    probe = SavedModelEmbeddingModel(loaded, None)
+    model = SavedModelEmbeddingModel(loaded, info=None)  # info needs the output size: below
     input_size = sidecar.get("preprocessing", {}).get("input_size")
-    if input_size is None and probe.input_name:
-        _, kwargs = probe.function.structured_input_signature
-        input_size = int(kwargs[probe.input_name].shape[1])
+    if input_size is None and model.input_name:
+        _, kwargs = model.function.structured_input_signature
+        input_size = int(kwargs[model.input_name].shape[1])
     if input_size is None:
         raise ModelLoadError(f"{path}: input size unknown; declare it in {SIDECAR_NAME}")
     dummy = np.zeros((1, input_size, input_size, 3), np.float32)
-    embedding_dim = int(probe._run(dummy).embeddings.shape[-1])
+    embedding_dim = int(model._run(dummy).embeddings.shape[-1])
     info = _user_model_info(handle, sidecar, input_size, embedding_dim, "savedmodel", fingerprint)
-    probe.info = info
-    return probe
+    model.info = info
+    return model
 
 
 def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
