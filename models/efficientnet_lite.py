@@ -45,7 +45,7 @@ def _batchnorm_weights(state, prefix):
     return [state[f"{prefix}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
 
 
-def build_keras_model(state, precision: str = "float32") -> "keras.Model":
+def build_keras_model(state, precision: str = "float32"):
     """Return a Keras model mapping normalized 224x224 RGB to {embedding, probabilities}.
 
     ``state`` is the torch state_dict as NumPy arrays. The embedding is the L2-normalized

@@ -65,6 +65,10 @@ class PublishedIndex:
         for shard in manifest["index"]["shards"]:
             annoy = AnnoyIndex(self.dimension, manifest["index"]["metric"])
             annoy.load(os.path.join(local_dir, shard["index_file"]))
+            if annoy.get_n_items() != shard["items"]:
+                raise IndexIntegrityError(
+                    f"{shard['index_file']}: Annoy holds {annoy.get_n_items()} items, the "
+                    f"manifest says {shard['items']}")
             rows = pq.read_table(os.path.join(local_dir, shard["metadata_file"])).to_pylist()
             by_annoy_id = {row["annoy_id"]: row for row in rows}
             self.shards.append((annoy, by_annoy_id, shard["search_k"]))

@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from catalog_index import ann
 from catalog_index.schema import version_dir

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -137,4 +136,18 @@ def test_a_tampered_shard_is_refused(built, tmp_path):
     from search import IndexIntegrityError
 
     with pytest.raises(IndexIntegrityError, match="sha256"):
+        PublishedIndex.open(str(copy))
+
+
+def test_a_manifest_that_miscounts_a_shard_is_refused(built, tmp_path):
+    output, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    manifest_path = copy / "versions" / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["index"]["shards"][0]["items"] += 1
+    manifest_path.write_text(json.dumps(manifest))
+    from search import IndexIntegrityError
+
+    with pytest.raises(IndexIntegrityError, match="Annoy holds"):
         PublishedIndex.open(str(copy))

@@ -1,18 +1,17 @@
-"""Validate: check the written version against what the pipeline counted, and assemble the
-manifest. Nothing is published here; :mod:`transforms.publish` acts on the verdict."""
+"""Validate: check the written version against what the pipeline counted, run the quality
+gate, and assemble the manifest. Nothing is read back here: the Report stage opens the
+version through the search side's reader, which checks every shard's sha256 and item count
+against this manifest before anything is published. Nothing is published here either;
+:mod:`transforms.publish` acts on the verdict."""
 
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from importlib import metadata as package_metadata
 
 import apache_beam as beam
 
-from catalog_index import storage
-from catalog_index.storage import sha256_of_file
-from catalog_index.schema import ANNOY_METRIC, DUPLICATE_STAGE, SCHEMA_VERSION, join
+from catalog_index.schema import ANNOY_METRIC, DUPLICATE_STAGE, SCHEMA_VERSION
 
 
 def count_errors_by_stage(errors):
@@ -21,25 +20,6 @@ def count_errors_by_stage(errors):
             | "StageOfError" >> beam.Map(lambda row: (row["stage"], 1))
             | "CountByStage" >> beam.CombinePerKey(sum)
             | "AsOneDict" >> beam.combiners.ToDict())
-
-
-def check_shard_file(version_dir: str, shard: dict, dimension: int) -> list:
-    """Problems with one written shard: checksum, and the item count Annoy sees."""
-    from annoy import AnnoyIndex
-
-    problems = []
-    with tempfile.TemporaryDirectory() as scratch:
-        local = os.path.join(scratch, "shard.ann")
-        storage.download_file(join(version_dir, shard["index_file"]), local)
-        if sha256_of_file(local) != shard["sha256"]:
-            problems.append(f"{shard['index_file']}: checksum differs from the one written")
-        index = AnnoyIndex(dimension, ANNOY_METRIC)
-        index.load(local)
-        if index.get_n_items() != shard["items"]:
-            problems.append(f"{shard['index_file']}: Annoy holds {index.get_n_items()} items, "
-                            f"expected {shard['items']}")
-        index.unload()
-    return problems
 
 
 class _ValidateVersion(beam.DoFn):
@@ -70,8 +50,6 @@ class _ValidateVersion(beam.DoFn):
             if entry["metadata_rows"] != entry["items"]:
                 problems.append(f"shard {entry['shard']}: {entry['metadata_rows']} metadata rows "
                                 f"for {entry['items']} indexed items")
-            problems.extend(check_shard_file(build["version_dir"], entry,
-                                             build["model"]["embedding_dim"]))
         if counts["indexed"] == 0:
             problems.append("no item was indexed")
         quality = quality_figures(shard_entries, counts, build.get("previous"))
