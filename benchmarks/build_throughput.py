@@ -106,15 +106,24 @@ def measure_naive(paths: list, count: int = 200) -> float:
     return (time.perf_counter() - started) / count
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    """--images, --size and --data: which generated catalog JPEGs a benchmark uses."""
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=800)
     parser.add_argument("--data", default="benchmarks/data/catalog-jpegs")
+
+
+def catalog_paths(args) -> list:
+    return write_catalog_images(f"{args.data}-{args.size}", args.images, args.size)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_catalog_arguments(parser)
     args = parser.parse_args(argv)
 
-    paths = write_catalog_images(f"{args.data}-{args.size}", args.images, args.size)
+    paths = catalog_paths(args)
     print(f"{len(paths)} JPEGs of {args.size}x{args.size}; {os.cpu_count()} cores")
 
     # Two builds, N/2 and N images: their difference cancels the fixed start-up cost

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from benchmarks.build_throughput import measure_build, write_catalog_images
+from benchmarks.build_throughput import add_catalog_arguments, catalog_paths, measure_build
 
 
 def device_name() -> str:
@@ -51,13 +51,11 @@ def model_rate(paths, precision: str, batch_size: int, repeats: int = 5):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=800)
+    add_catalog_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--data", default="benchmarks/data/catalog-jpegs")
     args = parser.parse_args(argv)
 
-    paths = write_catalog_images(f"{args.data}-{args.size}", args.images, args.size)
+    paths = catalog_paths(args)
     print(f"device: {device_name()}; {len(paths)} JPEGs of {args.size}x{args.size}")
     float32_rate, float32_vectors = model_rate(paths, "float32", args.batch_size)
     mixed_rate, mixed_vectors = model_rate(paths, "mixed", args.batch_size)
