@@ -127,6 +127,22 @@ def _umask() -> int:
     return current
 
 
+def atomic_local_write(path: str, write) -> None:
+    """``write(tmp_path)`` then rename, so that concurrent processes never see (or clash on)
+    a partial file. The temporary name ends with the final name, extension included (Keras
+    insists on ``.keras``)."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.basename(path))
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 

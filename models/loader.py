@@ -34,6 +34,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from catalog_index.storage import atomic_local_write
 from models import efficientnet_lite
 from models.labels import imagenet_class_names
 from models.preprocessing import PreprocessingSpec, normalize
@@ -189,20 +190,6 @@ class SavedModelEmbeddingModel(EmbeddingModel):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _atomic_write(path: str, write) -> None:
-    """``write(tmp_path)`` then rename, so concurrent workers never see a partial file.
-    The temporary name ends with the final file name, extension included (Keras cares)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=os.path.basename(path))
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _sha256_of_tree(path: str) -> str:
     """Fingerprint of a file or folder (local or gs://): relative names and bytes."""
     import tensorflow as tf
@@ -265,7 +252,7 @@ def _convert_to_tflite(keras_model, tflite_path: str) -> None:
         with open(tmp, "wb") as stream:
             stream.write(tflite_bytes)
 
-    _atomic_write(tflite_path, write)
+    atomic_local_write(tflite_path, write)
 
 
 def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str,
@@ -293,7 +280,7 @@ def _load_efficientnet_lite0(runtime: str, cache_dir: str, threads: Optional[int
     keras_path = os.path.join(cache_dir, "efficientnet_lite0", key[:16], name)
     if not os.path.exists(keras_path):
         model = efficientnet_lite.build_from_installed_weights(weights, precision)
-        _atomic_write(keras_path, model.save)
+        atomic_local_write(keras_path, model.save)
     info = ModelInfo(name="efficientnet_lite0", fingerprint=key,
                      embedding_dim=efficientnet_lite.EMBEDDING_DIM,
                      preprocessing=LITE0_PREPROCESSING, runtime=runtime,
@@ -321,7 +308,7 @@ def _local_copy(path: str, cache_dir: str, fingerprint: str, suffix: str) -> str
         return path
     local = os.path.join(cache_dir, "downloads", fingerprint[:16], "model" + suffix)
     if not os.path.exists(local):
-        _atomic_write(local, lambda tmp: tf.io.gfile.copy(path, tmp, overwrite=True))
+        atomic_local_write(local, lambda tmp: tf.io.gfile.copy(path, tmp, overwrite=True))
     return local
 
 
@@ -340,7 +327,7 @@ def _load_keras_file(path: str, runtime: str, cache_dir: str,
     # The TFLite conversion is cached next to a private copy keyed by the fingerprint.
     cached = os.path.join(cache_dir, "converted", fingerprint[:16], "model.keras")
     if not os.path.exists(cached):
-        _atomic_write(cached, model.save)
+        atomic_local_write(cached, model.save)
     return _keras_or_tflite(cached, info, runtime, threads)
 
 

@@ -193,7 +193,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict, passthrough_colum
     fetched = catalog["items"] | "FetchImages" >> FetchImages()
     decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         spec_model.preprocessing, args.max_pixels)
-    handler = EmbeddingModelHandler(args.model, spec_model.runtime,
+    handler = EmbeddingModelHandler(args.model, args.runtime,
                                     min_batch_size=min(8, args.batch_size),
                                     max_batch_size=args.batch_size,
                                     inference_threads=build["inference_threads"],
@@ -225,7 +225,8 @@ def default_inference_threads(pipeline_options: PipelineOptions) -> int:
     cores = os.cpu_count() or 1
     if options.get("runner") in (None, "DirectRunner") and \
             options.get("direct_running_mode") != "multi_processing":
-        workers = int(options.get("direct_num_workers") or 1) or cores
+        requested = options.get("direct_num_workers")
+        workers = cores if requested == 0 else int(requested or 1)  # Beam: 0 = one per core
         return max(1, cores // workers)
     return 1  # distributed runners and process pools: a process per core already
 
@@ -245,10 +246,18 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                              "another --version-id, or pass --replace to rebuild it")
         storage.delete_tree(out_dir)
     latest_version, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
-    model = load_model(args.model, args.runtime, precision=args.precision)
+    # Workers choose their runtime on their own hardware (--runtime auto: Keras on a GPU,
+    # TFLite on CPU). A remote runner's launcher has no GPU: it loads the model only to learn
+    # its fingerprint and shape, which do not depend on the runtime.
+    local = is_local(pipeline_options)
+    planning_runtime = "keras" if args.runtime == "auto" and not local else args.runtime
+    model = load_model(args.model, planning_runtime, precision=args.precision)
+    model_entry = model.info.to_manifest()
+    if planning_runtime != args.runtime:
+        model_entry["runtime"] = args.runtime
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": model.info.to_manifest(), "model_info": model.info,
+            "model": model_entry, "model_info": model.info,
             "index": {"num_shards": args.num_shards, "n_trees": args.n_trees, "seed": args.seed},
             "inference_threads": args.inference_threads or default_inference_threads(
                 pipeline_options),

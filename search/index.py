@@ -202,21 +202,27 @@ _NOT_TEXT = {"item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "he
 
 
 def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
-    """Make every shard file available under ``local_dir`` and check its sha256."""
-    from catalog_index.storage import sha256_of_file
-
+    """Make every shard's index and metadata file available under ``local_dir`` and check
+    them against the manifest's sha256. A cached copy that no longer matches (the version
+    was rebuilt with --replace) is downloaded again, once."""
     for shard in manifest["index"]["shards"]:
-        for relative in (shard["index_file"], shard["metadata_file"]):
+        for relative, digest in ((shard["index_file"], shard["sha256"]),
+                                 (shard["metadata_file"], shard.get("metadata_sha256"))):
             local = os.path.join(local_dir, relative)
-            if storage.is_gcs(folder) and not os.path.exists(local):
-                os.makedirs(os.path.dirname(local), exist_ok=True)
+            remote = join(folder, relative)
+            if storage.is_gcs(folder) and not _matches(local, digest):
                 try:
-                    storage.download_file(join(folder, relative), local + ".part")
+                    storage.atomic_local_write(
+                        local, lambda tmp, remote=remote: storage.download_file(remote, tmp))
                 except Exception as error:
-                    raise IndexIntegrityError(f"{join(folder, relative)}: {error}") from None
-                os.replace(local + ".part", local)
+                    raise IndexIntegrityError(f"{remote}: {error}") from None
             if not os.path.exists(local):
-                raise IndexIntegrityError(f"{join(folder, relative)} is missing")
-        if sha256_of_file(os.path.join(local_dir, shard["index_file"])) != shard["sha256"]:
-            raise IndexIntegrityError(f"{join(folder, shard['index_file'])}: sha256 differs "
-                                      "from the manifest")
+                raise IndexIntegrityError(f"{remote} is missing")
+            if not _matches(local, digest):
+                raise IndexIntegrityError(f"{remote}: sha256 differs from the manifest")
+
+
+def _matches(local: str, digest: Optional[str]) -> bool:
+    if not os.path.exists(local):
+        return False
+    return digest is None or storage.sha256_of_file(local) == digest

@@ -91,14 +91,15 @@ def test_dataflow_job_with_gpu_workers_is_built_offline(gcs_bucket, photos, mode
     storage.write_bytes(f"gs://{gcs_bucket}/images/coffee.jpg", encode(photos["coffee"]))
     args, options = parse_args([
         f"--catalog=gs://{gcs_bucket}/images/*.jpg", f"--output=gs://{gcs_bucket}/index",
-        "--num_shards=4", "--batch_size=128", "--precision=mixed", "--runtime=keras",
+        "--num_shards=4", "--batch_size=128", "--precision=mixed",
         "--runner=DataflowRunner", "--project=test-project", "--region=us-central1",
         f"--temp_location=gs://{gcs_bucket}/tmp", "--sdk_location=container",
         f"--sdk_container_image={IMAGE}", f"--dataflow_service_options={GPU_OPTION}",
         "--experiments=use_runner_v2", "--experiments=no_use_multiple_sdk_containers",
         "--machine_type=n1-standard-8", "--no_auth", "--dry_run=True"])
-    build = plan_build(args, options)
+    build = plan_build(args, options)  # no GPU here: the launcher never has one
     assert build["inference_threads"] == 1  # processes per core on Dataflow
+    assert build["model"]["runtime"] == "auto"  # each worker picks Keras on its GPU
     result = submit(args, options, build)
     from apache_beam.runners.dataflow.internal import apiclient
 

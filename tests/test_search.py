@@ -151,3 +151,15 @@ def test_a_manifest_that_miscounts_a_shard_is_refused(built, tmp_path):
 
     with pytest.raises(IndexIntegrityError, match="Annoy holds"):
         PublishedIndex.open(str(copy))
+
+
+def test_tampered_metadata_is_refused(built, tmp_path):
+    output, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    part = copy / "versions" / "v1" / "metadata" / "part-00002-of-00003.parquet"
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    from search import IndexIntegrityError
+
+    with pytest.raises(IndexIntegrityError, match="metadata/part-00002-of-00003.parquet: sha256"):
+        PublishedIndex.open(str(copy))

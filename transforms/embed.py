@@ -44,21 +44,16 @@ class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[dict]:
         try:
             output = model.predict(np.stack([item["pixels"] for item in batch]))
-        except Exception:
-            if len(batch) == 1:
-                raise
+        except Exception as error:
+            if len(batch) == 1:  # the culprit: a dead letter, not a failed bundle
+                yield {**batch[0], "embed_error": error}
+                return
             for item in batch:  # find the culprit; the others still get embedded
-                yield from self._run_one(item, model)
+                yield from self.run_inference([item], model)
             return
         for index, item in enumerate(batch):
             probabilities = None if output.probabilities is None else output.probabilities[index]
             yield {**item, "embedding": output.embeddings[index], "probabilities": probabilities}
-
-    def _run_one(self, item: dict, model: EmbeddingModel) -> Iterable[dict]:
-        try:
-            yield from self.run_inference([item], model)
-        except Exception as error:
-            yield {**item, "embed_error": error}
 
     def batch_elements_kwargs(self):
         return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}

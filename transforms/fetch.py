@@ -1,14 +1,16 @@
 """FetchImages: read each item's image bytes (local or gs://) and their sha256.
 
 Millions of small objects are read fastest many at a time: items are grouped into batches
-(Beam's BatchElements) and each batch is downloaded by a thread pool that lives as long as
-the worker (``setup``), through the one storage client of the process. Transient GCS errors
+(Beam's BatchElements) and each batch is downloaded by one thread pool per process, sized
+to the storage client's connection pool and shared by all the worker threads of the
+process, through the one storage client of the process. Transient GCS errors
 (429, 5xx, dropped connections) are retried with backoff by the client; a missing or
 unreadable image becomes a dead letter of stage ``fetch``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,9 +19,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from catalog_index import storage
 from transforms.errors import ERRORS, counter, dead_letter
-
-DEFAULT_CONCURRENCY = 32
-
 
 def read_image_bytes(uri: str) -> bytes:
     if storage.is_gcs(uri) or "://" not in uri:
@@ -35,35 +34,30 @@ def _fetch(item: dict):
         return item, None, error
 
 
+@functools.lru_cache(maxsize=1)
+def download_pool() -> ThreadPoolExecutor:
+    """One pool per process: as many downloads in flight as the client has connections."""
+    return ThreadPoolExecutor(storage.MAX_CONCURRENT_REQUESTS, thread_name_prefix="fetch")
+
+
 class FetchImageBatch(beam.DoFn):
-    def __init__(self, concurrency: int = DEFAULT_CONCURRENCY):
-        self.concurrency = concurrency
-
-    def setup(self):
-        self.pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fetch")
-
     def process(self, batch):
-        for item, data, error in self.pool.map(_fetch, batch):
+        for item, data, error in download_pool().map(_fetch, batch):
             if error is not None:
                 yield dead_letter(item, "fetch", error)
                 continue
             counter("fetched").inc()
             yield {**item, "image_bytes": data, "sha256": hashlib.sha256(data).hexdigest()}
 
-    def teardown(self):
-        self.pool.shutdown(wait=False)
-
 
 class FetchImages(beam.PTransform):
     """items -> items with ``image_bytes`` and ``sha256``; failures tagged ``errors``."""
 
-    def __init__(self, concurrency: int = DEFAULT_CONCURRENCY):
+    def __init__(self, batch_size: int = 64):
         super().__init__()
-        self.concurrency = min(concurrency, storage.MAX_CONCURRENT_REQUESTS)
+        self.batch_size = batch_size
 
     def expand(self, items):
         return (items
-                | "Batch" >> beam.BatchElements(min_batch_size=1,
-                                                max_batch_size=self.concurrency * 2)
-                | "Fetch" >> beam.ParDo(FetchImageBatch(self.concurrency)).with_outputs(
-                    ERRORS, main="items"))
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
+                | "Fetch" >> beam.ParDo(FetchImageBatch()).with_outputs(ERRORS, main="items"))

@@ -18,7 +18,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
 from catalog_index.schema import DUPLICATE_STAGE, RESERVED_COLUMNS
-from transforms.errors import ERRORS, counter, error_row
+from transforms.errors import ERRORS, counter, dead_letter, error_row
 
 CATALOG_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json",
                    ".parquet": "parquet"}
@@ -27,6 +27,10 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 class CatalogError(ValueError):
     """The catalog source cannot be read; the message says why."""
+
+
+class MissingField(ValueError):
+    """A catalog row without an item_id or an image_uri."""
 
 
 def is_glob(source: str) -> bool:
@@ -115,9 +119,8 @@ class ReadCatalogFile(beam.DoFn):
                                         if key not in RESERVED_COLUMNS}}
                 counter("read").inc()
                 if not item_id or not uri:
-                    counter("failed_read").inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_row(
-                        item, "read", "MissingField", "row has no item_id or no image_uri"))
+                    yield dead_letter(item, "read", MissingField(
+                        "row has no item_id or no image_uri"))
                     continue
                 item["image_uri"] = _resolve_uri(str(uri), path)
                 yield item

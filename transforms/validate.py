@@ -82,7 +82,8 @@ class _ValidateVersion(beam.DoFn):
 
 
 SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "items", "bytes",
-              "sha256", "n_trees", "search_k", "recall_at_10", "recall_queries")
+              "sha256", "metadata_sha256", "n_trees", "search_k", "recall_at_10",
+              "recall_queries")
 
 
 def quality_figures(shard_entries, counts, previous) -> dict:
