@@ -13,7 +13,7 @@ from PIL import Image
 
 from catalog_index.schema import version_dir
 from pipelines.build_index import run
-from search import ModelMismatchError, PublishedIndex
+from search import IndexIntegrityError, ModelMismatchError, PublishedIndex
 from search.cli import run as query_cli
 from tests.real_images import encode, write_files
 
@@ -108,58 +108,51 @@ def test_cli_json_lists_best_first(built, photos, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
-def test_a_different_model_is_refused(built, photos, tmp_path, capsys):
+@pytest.fixture
+def index_copy(built, tmp_path):
+    """A copy of the built index root that a test may damage."""
     output, _ = built
     copy = tmp_path / "copy"
     shutil.copytree(output, copy)
-    manifest_path = copy / "versions" / "v1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["model"]["fingerprint"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    return copy
+
+
+def edit_manifest(root, change) -> None:
+    path = root / "versions" / "v1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_different_model_is_refused(index_copy, photos, tmp_path, capsys):
+    edit_manifest(index_copy, lambda m: m["model"].update(fingerprint="0" * 64))
     with pytest.raises(ModelMismatchError, match="would not match"):
-        PublishedIndex.open(str(copy)).query_image(encode(photos["coffee"]))
+        PublishedIndex.open(str(index_copy)).query_image(encode(photos["coffee"]))
     image = tmp_path / "q.jpg"
     image.write_bytes(encode(photos["coffee"]))
-    assert query_cli(["--index", str(copy), "--image", str(image)]) == 1
+    assert query_cli(["--index", str(index_copy), "--image", str(image)]) == 1
     err = capsys.readouterr().err.strip()
     assert "would not match" in err and len(err.splitlines()) == 1
 
 
-def test_a_tampered_shard_is_refused(built, tmp_path):
-    output, _ = built
-    copy = tmp_path / "copy"
-    shutil.copytree(output, copy)
-    shard = copy / "versions" / "v1" / "index" / "shard-00001-of-00003.ann"
+def test_a_tampered_shard_is_refused(index_copy):
+    shard = index_copy / "versions" / "v1" / "index" / "shard-00001-of-00003.ann"
     data = bytearray(shard.read_bytes())
     data[100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    from search import IndexIntegrityError
-
     with pytest.raises(IndexIntegrityError, match="sha256"):
-        PublishedIndex.open(str(copy))
+        PublishedIndex.open(str(index_copy))
 
 
-def test_a_manifest_that_miscounts_a_shard_is_refused(built, tmp_path):
-    output, _ = built
-    copy = tmp_path / "copy"
-    shutil.copytree(output, copy)
-    manifest_path = copy / "versions" / "v1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["index"]["shards"][0]["items"] += 1
-    manifest_path.write_text(json.dumps(manifest))
-    from search import IndexIntegrityError
-
+def test_a_manifest_that_miscounts_a_shard_is_refused(index_copy):
+    edit_manifest(index_copy, lambda m: m["index"]["shards"][0].update(
+        items=m["index"]["shards"][0]["items"] + 1))
     with pytest.raises(IndexIntegrityError, match="Annoy holds"):
-        PublishedIndex.open(str(copy))
+        PublishedIndex.open(str(index_copy))
 
 
-def test_tampered_metadata_is_refused(built, tmp_path):
-    output, _ = built
-    copy = tmp_path / "copy"
-    shutil.copytree(output, copy)
-    part = copy / "versions" / "v1" / "metadata" / "part-00002-of-00003.parquet"
+def test_tampered_metadata_is_refused(index_copy):
+    part = index_copy / "versions" / "v1" / "metadata" / "part-00002-of-00003.parquet"
     part.write_bytes(part.read_bytes()[:-1] + b"\0")
-    from search import IndexIntegrityError
-
     with pytest.raises(IndexIntegrityError, match="metadata/part-00002-of-00003.parquet: sha256"):
-        PublishedIndex.open(str(copy))
+        PublishedIndex.open(str(index_copy))
