@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 from typing import List, Optional, Tuple
 
 
@@ -108,17 +110,12 @@ def write_bytes(path: str, data: bytes) -> None:
     if is_gcs(path):
         _blob(path).upload_from_string(data)
         return
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "wb") as stream:
+
+    def write(tmp):
+        with open(tmp, "wb") as stream:
             stream.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are for readers
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_local_write(path, write)
 
 
 def _umask() -> int:
@@ -130,13 +127,14 @@ def _umask() -> int:
 def atomic_local_write(path: str, write) -> None:
     """``write(tmp_path)`` then rename, so that concurrent processes never see (or clash on)
     a partial file. The temporary name ends with the final name, extension included (Keras
-    insists on ``.keras``)."""
+    insists on ``.keras``); the file gets the usual permissions (mkstemp makes it 0600)."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=folder, suffix=os.path.basename(path))
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -148,19 +146,18 @@ def write_text(path: str, text: str) -> None:
 
 
 def upload_file(local_path: str, path: str) -> None:
+    """Copy a local file (a shard: possibly gigabytes) to ``path`` without reading it whole."""
     if is_gcs(path):
         _blob(path).upload_from_filename(local_path)
         return
-    with open(local_path, "rb") as stream:
-        write_bytes(path, stream.read())
+    atomic_local_write(path, lambda tmp: shutil.copyfile(local_path, tmp))
 
 
 def download_file(path: str, local_path: str) -> None:
     if is_gcs(path):
         _blob(path).download_to_filename(local_path)
         return
-    with open(path, "rb") as source, open(local_path, "wb") as target:
-        target.write(source.read())
+    shutil.copyfile(path, local_path)
 
 
 def exists(path: str) -> bool:
@@ -202,8 +199,6 @@ def delete_tree(prefix: str) -> None:
         for blob in gcs_client().list_blobs(bucket, prefix=name.rstrip("/") + "/"):
             blob.delete()
         return
-    import shutil
-
     shutil.rmtree(prefix, ignore_errors=True)
 
 
@@ -228,8 +223,7 @@ def replace_latest(path: str, text: str, token) -> None:
         except exceptions.PreconditionFailed:
             current = read_optional_text(path)
             if current != text:
-                raise PublishConflict(f"{path} changed since this build started "
-                                      f"(it now names {(current or '').strip()!r})") from None
+                raise _conflict(path, current) from None
         return
     lock = path + ".lock"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -237,17 +231,19 @@ def replace_latest(path: str, text: str, token) -> None:
     try:
         current = read_optional_text(path)
         if current != token and current != text:
-            raise PublishConflict(f"{path} changed since this build started "
-                                  f"(it now names {(current or '').strip()!r})")
+            raise _conflict(path, current)
         write_text(path, text)
     finally:
         os.close(handle)
         os.remove(lock)
 
 
-def _acquire_lock(lock: str, timeout: float = 30.0) -> int:
-    import time
+def _conflict(path: str, current: Optional[str]) -> PublishConflict:
+    return PublishConflict(f"{path} changed since this build started "
+                           f"(it now names {(current or '').strip()!r})")
 
+
+def _acquire_lock(lock: str, timeout: float = 30.0) -> int:
     deadline = time.monotonic() + timeout
     while True:
         try:
