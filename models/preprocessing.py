@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 import numpy as np
-from PIL import Image, ImageOps
+import simplejpeg
+from PIL import Image
 
 # 64 megapixels: a 8000x8000 photo decodes to 192 MB of RGB; anything larger in a
 # product catalog is a mistake or a decompression bomb.
@@ -104,7 +105,15 @@ class PreprocessedImage:
         return self.pixels[y0:y1, x0:x1]
 
 
+# EXIF orientation -> the transpose that makes the image upright (as ImageOps.exif_transpose,
+# which also re-reads the EXIF block and copies an already-upright image: 0.45 ms per photo).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 _ROTATING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# JPEGs libjpeg-turbo decodes straight to RGB (PIL's mode for YCbCr JPEGs is "RGB").
+_SCALED_DECODE_MODES = ("RGB", "L")
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -170,9 +179,12 @@ def decode_image(data: bytes, input_size: int, fit: str = "auto",
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Tuple[Image.Image, int, int]:
     """Decode to an upright RGB image at least as large as the model needs.
 
-    Returns ``(image, original_width, original_height)``. Large JPEGs are decoded at a
-    reduced DCT scale (1/2, 1/4 or 1/8), which is several times faster and never goes
-    below the size the model needs.
+    Returns ``(image, original_width, original_height)``. A large JPEG is decoded by
+    libjpeg-turbo at the smallest of its M/8 DCT scales (7/8 ... 1/8) that still covers the
+    size the model needs: an 800x800 product photo comes out at 300x300, not 800x800 (or
+    PIL's 400x400), which makes both the decode and the resize after it cheaper without
+    ever upsampling. Any JPEG that path cannot take (CMYK, arithmetic coding, corrupt
+    data) goes through PIL, which also names what is wrong with a broken file.
     """
     image = open_image(data, max_pixels)
     try:
@@ -182,20 +194,34 @@ def decode_image(data: bytes, input_size: int, fit: str = "auto",
     width, height = image.size
     if orientation in _ROTATING_ORIENTATIONS:
         width, height = height, width
+    # "auto" may crop, which needs the larger decode of the two.
+    needed_w, needed_h = _scaled_size(*image.size, input_size, "crop" if fit == "auto" else fit)
+    decoded = None
+    if image.format == "JPEG" and image.mode in _SCALED_DECODE_MODES:
+        decoded = _decode_jpeg_scaled(data, needed_w, needed_h)
     try:
-        if image.format == "JPEG":
-            # "auto" may crop, which needs the larger decode of the two.
-            needed_w, needed_h = _scaled_size(*image.size, input_size,
-                                              "crop" if fit == "auto" else fit)
-            image.draft("RGB", (needed_w, needed_h))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
+        if decoded is None:
+            if image.format == "JPEG":
+                image.draft("RGB", (needed_w, needed_h))
+            image.load()
+            decoded = _to_rgb(image)
+        if orientation in _UPRIGHT:
+            decoded = decoded.transpose(_UPRIGHT[orientation])
     except ImageError:
         raise
     except Exception as error:
         raise CorruptImageError(f"cannot decode {image.format or 'image'}: {error}") from None
-    return image, width, height
+    return decoded, width, height
+
+
+def _decode_jpeg_scaled(data: bytes, min_width: int, min_height: int) -> Image.Image | None:
+    """libjpeg-turbo's scaled decode to RGB (strict: any warning is a failure), or None."""
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_width,
+                                        min_height=min_height)
+    except Exception:
+        return None
+    return Image.fromarray(pixels, "RGB")
 
 
 def fit_to_square(image: Image.Image, spec: PreprocessingSpec) -> PreprocessedImage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 
@@ -144,6 +145,34 @@ def test_large_jpeg_is_decoded_at_reduced_size(photos):
     image, width, height = pp.decode_image(encode(big, quality=90), 224)
     assert (width, height) == (2800, 2800)
     assert 224 <= image.width <= 2800 // 8 * 2  # DCT-scaled, still large enough
+
+
+def test_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_input(photos):
+    """800 px decodes at 3/8 (300 px), never below the 224 px the model needs, and the
+    result matches resizing the full-size decode (pixels within 1 level on average)."""
+    def catalog_jpeg(photo, size):
+        return encode(np.asarray(pp.Image.fromarray(photo).resize(size, pp.Image.BICUBIC)),
+                      quality=90)
+
+    square = catalog_jpeg(photos["astronaut"], (800, 800))
+    assert pp.decode_image(square, 224)[0].size == (300, 300)
+    wide = catalog_jpeg(photos["chelsea"], (800, 600))  # auto may crop: short side >= 224
+    assert pp.decode_image(wide, 224)[0].size == (300, 225)
+    for name in ("astronaut", "camera", "chelsea", "coffee"):
+        data = catalog_jpeg(photos[name], (800, 800))
+        full = pp.Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224),
+                                                                      pp.Image.BICUBIC)
+        pixels = pp.preprocess_image(data, SPEC).pixels
+        assert np.abs(pixels.astype(int) - np.asarray(full, int)).mean() < 1.0, name
+
+
+def test_grayscale_and_progressive_jpegs_decode_to_rgb(photos):
+    gray = encode(photos["camera"][..., 0], quality=90)
+    image, _, _ = pp.decode_image(gray, 224)
+    pixels = np.asarray(image)
+    assert image.mode == "RGB" and np.array_equal(pixels[..., 0], pixels[..., 2])
+    progressive = encode(photos["coffee"], quality=90, progressive=True)
+    assert pp.preprocess_image(progressive, SPEC).pixels.shape == (224, 224, 3)
 
 
 def test_auto_fit_pads_plain_backgrounds_and_crops_full_frames(photos):
