@@ -121,8 +121,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "(local or gs://), or hub:HANDLE")
     option("runtime", choices=RUNTIMES, default="auto",
            help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
-    option("batch-size", type=_positive_int, default=32, metavar="N",
-           help="largest inference batch per worker (default 32)")
+    option("batch-size", type=_positive_int, default=16, metavar="N",
+           help="inference batch size (default 16, the fastest per image for TFLite on "
+                "CPU; use 64-256 on a GPU); only the last batch of a bundle is smaller")
     option("inference-threads", type=_positive_int, default=None, metavar="N",
            help="threads per TFLite interpreter; a worker runs cores/N batches at once "
                 "(default: cores / local worker threads, or 1 on a distributed runner)")
@@ -195,8 +196,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, args.runtime,
-                                    min_batch_size=min(8, args.batch_size),
-                                    max_batch_size=args.batch_size,
+                                    batch_size=args.batch_size,
                                     inference_threads=build["inference_threads"],
                                     precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)

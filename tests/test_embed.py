@@ -26,7 +26,7 @@ def item(name, first_pixel=0):
 
 
 def test_one_bad_item_is_marked_and_its_batch_mates_are_embedded():
-    handler = EmbeddingModelHandler("efficientnet_lite0", max_batch_size=16)
+    handler = EmbeddingModelHandler("efficientnet_lite0", batch_size=16)
     out = {row["item_id"]: row for row in handler.run_inference(
         [item("a"), item("bad", 13), item("c")], _FussyModel())}
     assert set(out) == {"a", "bad", "c"}
@@ -40,9 +40,11 @@ def test_a_bad_item_alone_in_its_batch_is_marked_not_raised():
     assert isinstance(row["embed_error"], ValueError)
 
 
-def test_batches_are_bounded():
-    assert EmbeddingModelHandler("m", max_batch_size=32).batch_elements_kwargs() == {
-        "min_batch_size": 8, "max_batch_size": 32}
+def test_batches_have_the_one_size_the_build_asks_for():
+    args, _ = parse_args(["--catalog=x/*.jpg", "--output=o", "--batch-size=24"])
+    handler = EmbeddingModelHandler("m", batch_size=args.batch_size)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 24, "max_batch_size": 24}
+    assert EmbeddingModelHandler("m").batch_elements_kwargs()["max_batch_size"] == 16
 
 
 def test_inference_threads_split_the_cores_between_local_workers(monkeypatch):

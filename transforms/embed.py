@@ -1,7 +1,7 @@
 """Embed: batched inference with Beam's RunInference and a model handler over models/.
 
-One model per worker process (RunInference's shared handle), batches bounded by
-``max_batch_size`` (RunInference would otherwise grow them to 10,000). A batch that
+One model per worker process (RunInference's shared handle), batches of a fixed
+``batch_size`` (RunInference would otherwise grow them to 10,000). A batch that
 fails is retried item by item, so one bad item cannot take its neighbours down; an item
 that fails alone becomes a dead letter of stage ``embed``.
 """
@@ -23,13 +23,12 @@ from transforms.errors import ERRORS, counter, dead_letter
 class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
     """Items with ``pixels`` in, the same items with ``embedding`` and ``probabilities`` out."""
 
-    def __init__(self, model: str, runtime: str = "auto", min_batch_size: int = 8,
-                 max_batch_size: int = 32, cache_dir: Optional[str] = None,
+    def __init__(self, model: str, runtime: str = "auto", batch_size: int = 16, cache_dir: Optional[str] = None,
                  inference_threads: Optional[int] = None, precision: str = "float32"):
         super().__init__()
         self.model, self.runtime, self.cache_dir = model, runtime, cache_dir
         self.inference_threads, self.precision = inference_threads, precision
-        self.min_batch_size, self.max_batch_size = min_batch_size, max_batch_size
+        self.batch_size = batch_size
 
     def load_model(self) -> EmbeddingModel:
         model = load_model(self.model, self.runtime, self.cache_dir, self.inference_threads,
@@ -56,7 +55,9 @@ class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
             yield {**item, "embedding": output.embeddings[index], "probabilities": probabilities}
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": self.min_batch_size, "max_batch_size": self.max_batch_size}
+        # One fixed size (only a bundle's last batch is smaller): every change of batch size
+        # makes TFLite re-plan its tensors, 5% of inference time when sizes vary.
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
         return sum(item["pixels"].nbytes for item in batch)

@@ -6,6 +6,8 @@ build writes them all to ``errors/`` and counts them in the manifest.
 
 from __future__ import annotations
 
+import functools
+
 import apache_beam as beam
 
 ERRORS = "errors"  # the tag of every stage's dead-letter output
@@ -19,10 +21,13 @@ def error_row(item: dict, stage: str, error_type: str, message: str) -> dict:
 
 def dead_letter(item: dict, stage: str, error: Exception) -> beam.pvalue.TaggedOutput:
     """Tag ``item`` as failed in ``stage`` because of ``error``, and count it."""
-    beam.metrics.Metrics.counter(NAMESPACE, f"failed_{stage}").inc()
+    counter(f"failed_{stage}").inc()
     return beam.pvalue.TaggedOutput(
         ERRORS, error_row(item, stage, type(error).__name__, str(error) or repr(error)))
 
 
+@functools.lru_cache(maxsize=None)
 def counter(name: str):
+    """The Beam counter ``name`` (it finds the running bundle's metrics at each ``inc``,
+    so one object per name serves every bundle and thread)."""
     return beam.metrics.Metrics.counter(NAMESPACE, name)
