@@ -23,8 +23,9 @@ from transforms.errors import ERRORS, counter, dead_letter
 class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
     """Items with ``pixels`` in, the same items with ``embedding`` and ``probabilities`` out."""
 
-    def __init__(self, model: str, runtime: str = "auto", batch_size: int = 16, cache_dir: Optional[str] = None,
-                 inference_threads: Optional[int] = None, precision: str = "float32"):
+    def __init__(self, model: str, runtime: str = "auto", batch_size: int = 16,
+                 cache_dir: Optional[str] = None, inference_threads: Optional[int] = None,
+                 precision: str = "float32"):
         super().__init__()
         self.model, self.runtime, self.cache_dir = model, runtime, cache_dir
         self.inference_threads, self.precision = inference_threads, precision
