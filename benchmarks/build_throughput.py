@@ -15,7 +15,7 @@ flips and zoom, so every file differs), then measures on this machine:
 - naive:  one image at a time: full-size decode, resize, Keras predict on a batch of one.
 
 Every measurement is repeated and the fastest run kept (this is a shared 2-vCPU VM whose
-speed drifts by 10% between runs), then it prints images/s for each and the ratios
+speed drifts by about 8% between runs), then it prints images/s for each and the ratios
 build/model and build/naive.
 """
 
@@ -78,18 +78,25 @@ def measure_build(paths: list, extra_args=()) -> float:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure_model(paths: list, threads, callers: int, batch_size: int = 16,
+def predecoded_pixels(paths: list, count: int = 256) -> np.ndarray:
+    """The model's uint8 input for the first ``count`` images, decoded once for every
+    bare-model measurement."""
+    from models.loader import LITE0_PREPROCESSING
+    from models.preprocessing import preprocess_image
+
+    return np.stack([preprocess_image(open(path, "rb").read(), LITE0_PREPROCESSING).pixels
+                     for path in paths[:count]])
+
+
+def measure_model(pixels: np.ndarray, threads, callers: int, batch_size: int,
                   repeats: int = 3) -> float:
     """Seconds per image for the bare model on pre-decoded batches of ``batch_size``,
     with ``threads`` per interpreter and ``callers`` threads feeding it at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     from models.loader import load_model
-    from models.preprocessing import preprocess_image
 
     model = load_model(threads=threads)
-    pixels = np.stack([preprocess_image(open(path, "rb").read(), model.info.preprocessing).pixels
-                       for path in paths[:256]])
     batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)] * repeats
     with ThreadPoolExecutor(callers) as pool:
         list(pool.map(model.predict, batches[:callers]))  # warm-up: every interpreter built
@@ -145,10 +152,11 @@ def main(argv=None):
     build_rate = len(full) / build_seconds
     steady_rate = (len(full) - len(half)) / (build_seconds - half_seconds)
 
+    pixels = predecoded_pixels(paths)
     model_rates = {}
     for batch_size in (8, 16, 32):
         for threads, callers in ((cores, 1), (1, cores)):
-            seconds = min(measure_model(paths, threads, callers, batch_size)
+            seconds = min(measure_model(pixels, threads, callers, batch_size)
                           for _ in range(args.repeats))
             model_rates[(batch_size, threads, callers)] = 1 / seconds
     (best_batch, best_threads, best_callers), model_rate = max(model_rates.items(),
