@@ -9,9 +9,9 @@ flips and zoom, so every file differs), then measures on this machine:
   inference, captions, Annoy, Parquet, validation, report, publish), as wall-clock images/s
   and as the steady-state rate (builds of N/2 and N images; the difference cancels the
   fixed start-up and finishing cost and leaves the rate a catalog of millions sees);
-- model:  the bare model (default runtime) on pre-decoded batches of 8, 16 and 32, both as
-  one interpreter using every core and as one single-thread interpreter per core fed by as
-  many threads; the fastest of these is the limit;
+- model:  the bare model (default runtime) on pre-decoded batches of 1 to 32 images, both
+  as one interpreter using every core and as one single-thread interpreter per core fed by
+  as many threads; the fastest of these is the limit;
 - naive:  one image at a time: full-size decode, resize, Keras predict on a batch of one.
 
 Every measurement is repeated and the fastest run kept (this is a shared 2-vCPU VM whose
@@ -31,6 +31,9 @@ import numpy as np
 from PIL import Image
 
 from tests.real_images import encode, real_photos
+
+
+MODEL_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
 def write_catalog_images(folder: str, count: int, size: int, seed: int = 0) -> list:
@@ -154,7 +157,7 @@ def main(argv=None):
 
     pixels = predecoded_pixels(paths)
     model_rates = {}
-    for batch_size in (8, 16, 32):
+    for batch_size in MODEL_BATCH_SIZES:
         for threads, callers in ((cores, 1), (1, cores)):
             seconds = min(measure_model(pixels, threads, callers, batch_size)
                           for _ in range(args.repeats))

@@ -121,9 +121,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "(local or gs://), or hub:HANDLE")
     option("runtime", choices=RUNTIMES, default="auto",
            help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
-    option("batch-size", type=_positive_int, default=16, metavar="N",
-           help="inference batch size (default 16: TFLite on CPU is fastest per image at "
-                "8-16; use 64-256 on a GPU); only the last batch of a bundle is smaller")
+    option("batch-size", type=_positive_int, default=4, metavar="N",
+           help="inference batch size (default 4: TFLite on CPU is fastest per image at "
+                "2-4, where a batch's activations stay in the core's cache; use 64-256 on "
+                "a GPU); only the last batch of a bundle is smaller")
     option("inference-threads", type=_positive_int, default=None, metavar="N",
            help="threads per TFLite interpreter; a worker runs cores/N batches at once "
                 "(default: cores / local worker threads, or 1 on a distributed runner)")

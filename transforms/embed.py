@@ -23,7 +23,7 @@ from transforms.errors import ERRORS, counter, dead_letter
 class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
     """Items with ``pixels`` in, the same items with ``embedding`` and ``probabilities`` out."""
 
-    def __init__(self, model: str, runtime: str = "auto", batch_size: int = 16,
+    def __init__(self, model: str, runtime: str = "auto", batch_size: int = 4,
                  cache_dir: Optional[str] = None, inference_threads: Optional[int] = None,
                  precision: str = "float32"):
         super().__init__()
