@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
     ],
     "bench": [
         "faiss-cpu==1.15.1",  # the other ANN library in benchmarks/ann_libraries.py
+        "opencv-python-headless==5.0.0.93",  # the cheaper resizes in benchmarks/resize_quality.py
     ],
 }
 
