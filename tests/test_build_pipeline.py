@@ -20,6 +20,7 @@ from pipelines.build_index import run
 from tests.real_images import decode_edge_cases, encode, write_files
 from transforms.read_catalog import ReadCatalog, glob_root, item_id_for_path
 from transforms.shard import GroupIntoShards
+from transforms.write_metadata import embeddings_table, parquet_bytes
 
 BAD_STAGE = {"truncated": "decode", "empty": "decode", "text": "decode", "huge": "decode"}
 GOOD_EDGE_FILES = ("cmyk.jpg", "sixteen_bit.png", "palette_transparent.png", "animated.gif",
@@ -214,3 +215,17 @@ def test_shard_assignment_is_stable():
         int.from_bytes(hashlib.sha256(f"sku-{n}".encode()).digest()[:8], "big") % 8
         for n in range(6)]
     assert index_file(2, 8) == "index/shard-00002-of-00008.ann"
+
+
+def test_embeddings_table_keeps_every_vector_in_order_across_chunks(monkeypatch, tmp_path):
+    monkeypatch.setattr("transforms.write_metadata.EMBEDDING_ROWS_PER_CHUNK", 2)
+    vectors = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+    items = [{"item_id": f"p{n}", "sha256": f"h{n}", "embedding": vector}
+             for n, vector in enumerate(vectors)]
+    path = tmp_path / "embeddings.parquet"
+    path.write_bytes(parquet_bytes(embeddings_table(items, "fp")))
+    rows = pq.read_table(path).to_pylist()
+    assert [row["item_id"] for row in rows] == ["p0", "p1", "p2", "p3", "p4"]
+    np.testing.assert_array_equal(np.array([row["vector"] for row in rows]), vectors)
+    assert {row["model_fingerprint"] for row in rows} == {"fp"}
+    assert embeddings_table([], "fp").num_rows == 0
