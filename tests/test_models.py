@@ -129,35 +129,38 @@ def test_exif_orientation_reports_upright_size(edge_cases):
 def test_sixteen_bit_png_keeps_its_tones(edge_cases, photos):
     data, _ = edge_cases["sixteen_bit.png"]
     assert data[24] == 16  # PNG IHDR bit depth: really a 16-bit file
-    image, _, _ = pp.decode_image(data, 224)
-    np.testing.assert_array_equal(np.asarray(image)[..., 0], photos["camera"][..., 0])
+    pixels, _, _ = pp.decode_image(data, 224)
+    np.testing.assert_array_equal(pixels[..., 0], photos["camera"][..., 0])
 
 
 def test_transparency_is_composited_on_white(edge_cases):
-    image, _, _ = pp.decode_image(edge_cases["alpha.png"][0], 224)
-    assert np.all(np.asarray(image)[:40] == 255)
+    pixels, _, _ = pp.decode_image(edge_cases["alpha.png"][0], 224)
+    assert np.all(pixels[:40] == 255)
     palette, _, _ = pp.decode_image(edge_cases["palette_transparent.png"][0], 224)
-    assert np.any(np.all(np.asarray(palette) == 255, axis=-1))
+    assert np.any(np.all(palette == 255, axis=-1))
 
 
 def test_large_jpeg_is_decoded_at_reduced_size(photos):
     big = np.asarray(pp.Image.fromarray(photos["retina"]).resize((2800, 2800)))
-    image, width, height = pp.decode_image(encode(big, quality=90), 224)
+    pixels, width, height = pp.decode_image(encode(big, quality=90), 224)
     assert (width, height) == (2800, 2800)
-    assert 224 <= image.width <= 2800 // 8 * 2  # DCT-scaled, still large enough
+    assert pixels.shape == (350, 350, 3)  # DCT-scaled to 1/8, still large enough
 
 
-def test_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_input(photos):
-    """800 px decodes at 3/8 (300 px), never below the 224 px the model needs, and the
-    result matches resizing the full-size decode (pixels within 1 level on average)."""
+def test_jpeg_is_decoded_at_the_smallest_power_of_two_scale_that_covers_the_input(photos):
+    """800 px decodes at 1/2 (400 px: libjpeg-turbo's SIMD scales are 1/2, 1/4, 1/8), never
+    below the 224 px the model needs, and the result matches resizing the full-size decode
+    (pixels within 1 level on average)."""
     def catalog_jpeg(photo, size):
         return encode(np.asarray(pp.Image.fromarray(photo).resize(size, pp.Image.BICUBIC)),
                       quality=90)
 
     square = catalog_jpeg(photos["astronaut"], (800, 800))
-    assert pp.decode_image(square, 224)[0].size == (300, 300)
+    assert pp.decode_image(square, 224)[0].shape == (400, 400, 3)
     wide = catalog_jpeg(photos["chelsea"], (800, 600))  # auto may crop: short side >= 224
-    assert pp.decode_image(wide, 224)[0].size == (300, 225)
+    assert pp.decode_image(wide, 224)[0].shape == (300, 400, 3)
+    small = catalog_jpeg(photos["coffee"], (1000, 1000))  # 1/4 gives 250 px, enough
+    assert pp.decode_image(small, 224)[0].shape == (250, 250, 3)
     for name in ("astronaut", "camera", "chelsea", "coffee"):
         data = catalog_jpeg(photos[name], (800, 800))
         full = pp.Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224),
@@ -166,11 +169,22 @@ def test_jpeg_is_decoded_at_the_smallest_dct_scale_that_covers_the_input(photos)
         assert np.abs(pixels.astype(int) - np.asarray(full, int)).mean() < 1.0, name
 
 
+def test_resize_is_pillows_bicubic_within_rounding(photos):
+    """The SIMD resizer computes Pillow's antialiased bicubic (Catmull-Rom) filter, down
+    and up, to within rounding of Pillow's own fixed-point arithmetic."""
+    for name, size in (("coffee", (224, 168)), ("chelsea", (224, 224)), ("camera", (640, 600))):
+        photo = photos[name] if photos[name].ndim == 3 else np.stack([photos[name]] * 3, -1)
+        ours = pp.resize(photo, *size).astype(int)
+        pillow = np.asarray(pp.Image.fromarray(photo).resize(size, pp.Image.BICUBIC), int)
+        difference = np.abs(ours - pillow)
+        assert ours.shape == pillow.shape
+        assert difference.mean() < 0.3 and np.percentile(difference, 99.9) <= 2, name
+
+
 def test_grayscale_and_progressive_jpegs_decode_to_rgb(photos):
     gray = encode(photos["camera"][..., 0], quality=90)
-    image, _, _ = pp.decode_image(gray, 224)
-    pixels = np.asarray(image)
-    assert image.mode == "RGB" and np.array_equal(pixels[..., 0], pixels[..., 2])
+    pixels, _, _ = pp.decode_image(gray, 224)
+    assert pixels.shape[-1] == 3 and np.array_equal(pixels[..., 0], pixels[..., 2])
     progressive = encode(photos["coffee"], quality=90, progressive=True)
     assert pp.preprocess_image(progressive, SPEC).pixels.shape == (224, 224, 3)
 
