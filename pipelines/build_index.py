@@ -4,7 +4,7 @@
     catalog-index build --catalog catalog.parquet --output gs://bucket/index --runner DataflowRunner ...
 
 Options not listed in ``--help`` are Beam pipeline options (``--runner``, ``--temp_location``,
-``--direct_running_mode``...). Locally the default is Beam's DirectRunner with one worker
+``--direct_running_mode``...). Locally the default is Beam's FnApiRunner with one worker
 thread per core. Exit status: 0 when the version was validated and published,
 1 when the build ran but was not published, 2 for a usage error.
 """
@@ -40,11 +40,13 @@ from transforms.shard import GroupIntoShards
 from transforms.validate import Validate
 from transforms.write_metadata import WriteErrors, WriteShardParquet
 
-# Locally, threads beat processes: decoding (PIL) and inference (TFLite/TF) release the GIL,
-# and one shared model per process avoids each worker process importing TensorFlow and
-# loading its own copy (2,000 800 px JPEGs on 2 cores: 135 images/s with threads, 52 with
+# Locally, threads beat processes: decoding (libjpeg-turbo) and inference (TFLite/TF) release
+# the GIL, and one shared model per process avoids each worker process importing TensorFlow
+# and loading its own copy (2,000 800 px JPEGs on 2 cores: 135 images/s with threads, 52 with
 # processes; docs/benchmarks.md). --direct_running_mode=multi_processing works too.
-LOCAL_DEFAULTS = {"runner": "DirectRunner", "direct_running_mode": "multi_threading",
+# The FnApiRunner is what Beam 2.77's DirectRunner falls back to after it has tried to
+# download the Prism runner from GitHub: naming it skips a network call at run time.
+LOCAL_DEFAULTS = {"runner": "FnApiRunner", "direct_running_mode": "multi_threading",
                   "direct_num_workers": str(os.cpu_count() or 1)}
 
 
@@ -225,7 +227,7 @@ def default_inference_threads(pipeline_options: PipelineOptions) -> int:
     """Split the cores between the worker threads that run inference side by side."""
     options = pipeline_options.get_all_options()
     cores = os.cpu_count() or 1
-    if options.get("runner") in (None, "DirectRunner") and \
+    if options.get("runner") in (None, "DirectRunner", "FnApiRunner") and \
             options.get("direct_running_mode") != "multi_processing":
         requested = options.get("direct_num_workers")
         workers = cores if requested == 0 else int(requested or 1)  # Beam: 0 = one per core
