@@ -40,8 +40,8 @@ def embeddings(count: int, path: str = CACHE) -> np.ndarray:
     started = time.perf_counter()
     for start in range(0, len(images), 256):
         chunk = images[start:start + 256]
-        pixels = np.stack([fit_to_square(np.asarray(Image.fromarray(image).convert("RGB")), spec).pixels
-                           for image in chunk])
+        rgb = [np.asarray(Image.fromarray(image).convert("RGB")) for image in chunk]
+        pixels = np.stack([fit_to_square(image, spec).pixels for image in rgb])
         for offset in range(0, len(pixels), 32):
             batch = pixels[offset:offset + 32]
             out[start + offset:start + offset + len(batch)] = model.predict(batch).embeddings
