@@ -1,0 +1,153 @@
+"""The ceiling of the build's ratio on this machine: the build's work with no framework.
+
+    .venv/bin/python -m benchmarks.build_ceiling [--images 4000] [--repeats 3]   # ~4 min
+
+The issue asks the end-to-end build for at least 0.7 of the bare model's images/s. This
+measures, in one run, how close any implementation can get here: a plain Python loop
+that does only the work every build must do, with none of Beam's or the pipeline's
+bookkeeping (no runner, no shuffles, no dead-letter plumbing, no metrics, no
+validation, no report):
+
+- per image: read the file, sha256 it, decode + resize (``preprocess_image``), run the
+  model (batches of 4, one 1-thread TFLite interpreter per thread, as the build), and
+  caption it (``LabelColorCaptioner``), on one thread per core;
+- at the end: one Annoy index per shard (``ann.tune_shard`` with the build's defaults,
+  4 shards) and the metadata and embeddings Parquet of each shard.
+
+Steps are added one at a time, so the cost of each shows. In the same run it also
+measures the bare model on the same pre-decoded batches as ``benchmarks.build_throughput``
+(batches of 2 and 4, both thread layouts; the fastest is the limit) and the real
+``catalog-index build`` of the same files, wall clock: the difference between the last
+loop and the build is what Beam and the pipeline's bookkeeping cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.build_throughput import (add_catalog_arguments, catalog_paths, measure_build,
+                                         measure_model, predecoded_pixels)
+
+BATCH_SIZE = 4
+NUM_SHARDS = 4
+N_TREES, SEED, MIN_RECALL = 16, 42, 0.95  # catalog-index build's defaults
+STEPS = ("decode", "model", "caption", "index")
+
+
+def run_loop(paths: list, model, captioner, steps: str) -> float:
+    """Seconds for one thread per core to push every path through the steps up to
+    ``steps`` (one of STEPS); "index" also builds the shards' Annoy and Parquet files."""
+    from catalog_index import ann
+    from catalog_index.schema import shard_of
+    from models.loader import LITE0_PREPROCESSING
+    from models.preprocessing import preprocess_image
+    from transforms.write_metadata import embeddings_table, metadata_table, parquet_bytes
+
+    depth = STEPS.index(steps)
+    cores = os.cpu_count() or 1
+    results, lock = [], threading.Lock()
+    batches = [paths[i:i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
+
+    def work(worker: int):
+        done = []
+        for batch in batches[worker::cores]:
+            items = []
+            for path in batch:
+                with open(path, "rb") as stream:
+                    data = stream.read()
+                image = preprocess_image(data, LITE0_PREPROCESSING)
+                items.append({"item_id": os.path.basename(path)[:-4], "image_uri": path,
+                              "sha256": hashlib.sha256(data).hexdigest(), "image": image,
+                              "width": image.width, "height": image.height})
+            if depth >= 1:
+                output = model.predict(np.stack([item["image"].pixels for item in items]))
+                for index, item in enumerate(items):
+                    item["embedding"] = output.embeddings[index]
+                    if depth >= 2:
+                        caption = captioner.caption(output.probabilities[index],
+                                                    item["image"].content)
+                        item.update(caption=caption.text, labels=[
+                            {"label": name, "score": score} for name, score in caption.labels],
+                            colors=[{"name": name, "fraction": share}
+                                    for name, share in caption.colors])
+            for item in items:
+                del item["image"]
+            done.extend(items)
+        with lock:
+            results.extend(done)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(cores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if depth >= 3:
+        shards = [[] for _ in range(NUM_SHARDS)]
+        for item in sorted(results, key=lambda item: item["item_id"]):
+            shards[shard_of(item["item_id"], NUM_SHARDS)].append(item)
+        for shard, items in enumerate(shards):
+            for annoy_id, item in enumerate(items):
+                item.update(shard=shard, annoy_id=annoy_id, passthrough={})
+            vectors = np.stack([item["embedding"] for item in items])
+            tuned = ann.tune_shard(vectors, N_TREES, SEED, MIN_RECALL,
+                                   ann.queries_per_shard(NUM_SHARDS))
+            tuned.index.save(os.devnull)
+            parquet_bytes(metadata_table(items, []))
+            parquet_bytes(embeddings_table(items, "fingerprint"))
+    return time.perf_counter() - started
+
+
+def main(argv=None):
+    from models.captioner import LabelColorCaptioner
+    from models.loader import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_catalog_arguments(parser)
+    parser.set_defaults(images=4000)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each measurement; the fastest is kept (default 3)")
+    args = parser.parse_args(argv)
+    paths = catalog_paths(args)
+    cores = os.cpu_count() or 1
+
+    model = load_model(threads=1)
+    captioner = LabelColorCaptioner()
+    run_loop(paths[:64], model, captioner, "index")  # warm-up: file cache, interpreters
+    loop_rates = {steps: len(paths) / min(run_loop(paths, model, captioner, steps)
+                                          for _ in range(args.repeats)) for steps in STEPS}
+    measure_build(paths[:64])  # warm-up, as in benchmarks.build_throughput
+    build_rate = len(paths) / min(measure_build(paths) for _ in range(args.repeats))
+
+    pixels = predecoded_pixels(paths)
+    model_rates = {(batch, threads, callers): 1 / min(
+        measure_model(pixels, threads, callers, batch) for _ in range(args.repeats))
+        for batch in (2, 4) for threads, callers in ((cores, 1), (1, cores))}
+    (batch, threads, callers), limit = max(model_rates.items(), key=lambda kv: kv[1])
+
+    print(f"{len(paths)} JPEGs of {args.size}x{args.size}; {cores} cores; "
+          f"best of {args.repeats} runs each")
+    for (b, t, c), rate in model_rates.items():
+        print(f"bare model, batch {b}, {c} x {t}-thread interpreter: {rate:8.1f} images/s")
+    print(f"bare model, the limit (batch {batch}, {callers} x {threads}-thread): "
+          f"{limit:8.1f} images/s")
+    labels = {"decode": "read + sha256 + decode + resize",
+              "model": "  + model (batches of 4)",
+              "caption": "  + captions",
+              "index": "  + Annoy and Parquet per shard"}
+    for steps, rate in loop_rates.items():
+        print(f"loop, {labels[steps]:32s} {rate:8.1f} images/s   "
+              f"ratio to the limit {rate / limit:5.2f}")
+    print(f"catalog-index build, wall clock:        {build_rate:8.1f} images/s   "
+          f"ratio to the limit {build_rate / limit:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
