@@ -15,15 +15,14 @@ validation, no report):
   4 shards) and the metadata and embeddings Parquet of each shard.
 
 Steps are added one at a time, so the cost of each shows. In the same run it also
-measures the bare model on the same pre-decoded batches as ``benchmarks.build_throughput``
-(batches of 2 and 4, both thread layouts; the fastest is the limit) and the real
+measures the bare model exactly as ``benchmarks.build_throughput`` does (the same
+pre-decoded batches, batch sizes and thread layouts; the fastest is the limit) and the real
 ``catalog-index build`` of the same files, wall clock: the difference between the last
 loop and the build is what Beam and the pipeline's bookkeeping cost.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import threading
@@ -31,8 +30,9 @@ import time
 
 import numpy as np
 
-from benchmarks.build_throughput import (add_catalog_arguments, catalog_paths, measure_build,
-                                         measure_model, predecoded_pixels)
+from benchmarks.build_throughput import (catalog_paths, measure_build, measure_model_rates,
+                                         predecoded_pixels, print_model_rates,
+                                         rate_benchmark_parser)
 
 BATCH_SIZE = 4
 NUM_SHARDS = 4
@@ -108,15 +108,8 @@ def main(argv=None):
     from models.captioner import LabelColorCaptioner
     from models.loader import load_model
 
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_catalog_arguments(parser)
-    parser.set_defaults(images=4000)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each measurement; the fastest is kept (default 3)")
-    args = parser.parse_args(argv)
+    args = rate_benchmark_parser(__doc__).parse_args(argv)
     paths = catalog_paths(args)
-    cores = os.cpu_count() or 1
 
     model = load_model(threads=1)
     captioner = LabelColorCaptioner()
@@ -125,19 +118,11 @@ def main(argv=None):
                                           for _ in range(args.repeats)) for steps in STEPS}
     measure_build(paths[:64])  # warm-up, as in benchmarks.build_throughput
     build_rate = len(paths) / min(measure_build(paths) for _ in range(args.repeats))
+    model_rates = measure_model_rates(predecoded_pixels(paths), args.repeats)
 
-    pixels = predecoded_pixels(paths)
-    model_rates = {(batch, threads, callers): 1 / min(
-        measure_model(pixels, threads, callers, batch) for _ in range(args.repeats))
-        for batch in (2, 4) for threads, callers in ((cores, 1), (1, cores))}
-    (batch, threads, callers), limit = max(model_rates.items(), key=lambda kv: kv[1])
-
-    print(f"{len(paths)} JPEGs of {args.size}x{args.size}; {cores} cores; "
+    print(f"{len(paths)} JPEGs of {args.size}x{args.size}; {os.cpu_count()} cores; "
           f"best of {args.repeats} runs each")
-    for (b, t, c), rate in model_rates.items():
-        print(f"bare model, batch {b}, {c} x {t}-thread interpreter: {rate:8.1f} images/s")
-    print(f"bare model, the limit (batch {batch}, {callers} x {threads}-thread): "
-          f"{limit:8.1f} images/s")
+    limit = print_model_rates(model_rates)
     labels = {"decode": "read + sha256 + decode + resize",
               "model": "  + model (batches of 4)",
               "caption": "  + captions",

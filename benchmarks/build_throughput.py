@@ -108,6 +108,27 @@ def measure_model(pixels: np.ndarray, threads, callers: int, batch_size: int,
     return (time.perf_counter() - started) / (repeats * len(pixels))
 
 
+def measure_model_rates(pixels: np.ndarray, repeats: int) -> dict:
+    """{(batch size, threads per interpreter, callers): images/s} of the bare model at
+    every batch size in MODEL_BATCH_SIZES, as one interpreter using every core and as one
+    single-thread interpreter per core; the fastest of these is the limit."""
+    cores = os.cpu_count() or 1
+    return {(batch_size, threads, callers): 1 / min(
+        measure_model(pixels, threads, callers, batch_size) for _ in range(repeats))
+        for batch_size in MODEL_BATCH_SIZES for threads, callers in ((cores, 1), (1, cores))}
+
+
+def print_model_rates(model_rates: dict) -> float:
+    """Prints every configuration's rate and the limit; returns the limit in images/s."""
+    for (batch_size, threads, callers), rate in model_rates.items():
+        print(f"bare model, batch {batch_size:2d}, {callers} x {threads}-thread interpreter: "
+              f"{rate:8.1f} images/s")
+    (batch_size, threads, callers), limit = max(model_rates.items(), key=lambda kv: kv[1])
+    print(f"bare model, the limit (batch {batch_size}, {callers} x {threads}-thread): "
+          f"{limit:8.1f} images/s")
+    return limit
+
+
 def measure_naive(paths: list, count: int = 200) -> float:
     from models.loader import load_model
 
@@ -130,14 +151,19 @@ def catalog_paths(args) -> list:
     return write_catalog_images(f"{args.data}-{args.size}", args.images, args.size)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
+def rate_benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The catalog arguments (4,000 images by default) and --repeats."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_catalog_arguments(parser)
     parser.set_defaults(images=4000)
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each measurement; the fastest is kept (default 3)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = rate_benchmark_parser(__doc__).parse_args(argv)
 
     paths = catalog_paths(args)
     cores = os.cpu_count() or 1
@@ -155,15 +181,7 @@ def main(argv=None):
     build_rate = len(full) / build_seconds
     steady_rate = (len(full) - len(half)) / (build_seconds - half_seconds)
 
-    pixels = predecoded_pixels(paths)
-    model_rates = {}
-    for batch_size in MODEL_BATCH_SIZES:
-        for threads, callers in ((cores, 1), (1, cores)):
-            seconds = min(measure_model(pixels, threads, callers, batch_size)
-                          for _ in range(args.repeats))
-            model_rates[(batch_size, threads, callers)] = 1 / seconds
-    (best_batch, best_threads, best_callers), model_rate = max(model_rates.items(),
-                                                               key=lambda kv: kv[1])
+    model_rates = measure_model_rates(predecoded_pixels(paths), args.repeats)
     naive_rate = 1 / min(measure_naive(paths) for _ in range(args.repeats))
 
     print(f"build, {len(full)} images, wall:  {build_rate:8.1f} images/s  ({build_seconds:.1f} s)")
@@ -171,11 +189,7 @@ def main(argv=None):
           f"({half_seconds:.1f} s)")
     print(f"build, steady state:        {steady_rate:8.1f} images/s  "
           f"(fixed cost {build_seconds - len(full) / steady_rate:.1f} s)")
-    for (batch_size, threads, callers), rate in model_rates.items():
-        print(f"bare model, batch {batch_size:2d}, {callers} x {threads}-thread interpreter: "
-              f"{rate:8.1f} images/s")
-    print(f"bare model, the limit (batch {best_batch}, {best_callers} x {best_threads}-thread): "
-          f"{model_rate:8.1f} images/s")
+    model_rate = print_model_rates(model_rates)
     print(f"naive one-at-a-time:        {naive_rate:8.1f} images/s")
     print(f"ratio build / model (wall, {len(full)} images):   {build_rate / model_rate:6.2f}")
     print(f"ratio build / model (steady state):       {steady_rate / model_rate:6.2f}")
