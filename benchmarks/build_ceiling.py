@@ -9,8 +9,8 @@ bookkeeping (no runner, no shuffles, no dead-letter plumbing, no metrics, no
 validation, no report):
 
 - per image: read the file, sha256 it, decode + resize (``preprocess_image``), run the
-  model (batches of 4, one 1-thread TFLite interpreter per thread, as the build), and
-  caption it (``LabelColorCaptioner``), on one thread per core;
+  model (the build's batch size, one 1-thread TFLite interpreter per thread, as the
+  build), and caption it (``LabelColorCaptioner``), on one thread per core;
 - at the end: one Annoy index per shard (``ann.tune_shard`` with the build's defaults,
   4 shards) and the metadata and embeddings Parquet of each shard.
 
@@ -23,6 +23,7 @@ loop and the build is what Beam and the pipeline's bookkeeping cost.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import threading
@@ -34,10 +35,18 @@ from benchmarks.build_throughput import (catalog_paths, measure_build, measure_m
                                          predecoded_pixels, print_model_rates,
                                          rate_benchmark_parser)
 
-BATCH_SIZE = 4
-NUM_SHARDS = 4
-N_TREES, SEED, MIN_RECALL = 16, 42, 0.95  # catalog-index build's defaults
+NUM_SHARDS = 4  # as benchmarks.build_throughput.measure_build
 STEPS = ("decode", "model", "caption", "index")
+
+
+def build_defaults() -> dict:
+    """catalog-index build's defaults for the options the loop shares with it."""
+    from pipelines.build_index import add_build_arguments
+
+    parser = argparse.ArgumentParser()
+    add_build_arguments(parser)
+    return {name: parser.get_default(name)
+            for name in ("batch_size", "n_trees", "seed", "min_recall")}
 
 
 def run_loop(paths: list, model, captioner, steps: str) -> float:
@@ -49,10 +58,12 @@ def run_loop(paths: list, model, captioner, steps: str) -> float:
     from models.preprocessing import preprocess_image
     from transforms.write_metadata import embeddings_table, metadata_table, parquet_bytes
 
+    defaults = build_defaults()
+    batch_size = defaults["batch_size"]
     depth = STEPS.index(steps)
     cores = os.cpu_count() or 1
     results, lock = [], threading.Lock()
-    batches = [paths[i:i + BATCH_SIZE] for i in range(0, len(paths), BATCH_SIZE)]
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
 
     def work(worker: int):
         done = []
@@ -96,8 +107,8 @@ def run_loop(paths: list, model, captioner, steps: str) -> float:
             for annoy_id, item in enumerate(items):
                 item.update(shard=shard, annoy_id=annoy_id, passthrough={})
             vectors = np.stack([item["embedding"] for item in items])
-            tuned = ann.tune_shard(vectors, N_TREES, SEED, MIN_RECALL,
-                                   ann.queries_per_shard(NUM_SHARDS))
+            tuned = ann.tune_shard(vectors, defaults["n_trees"], defaults["seed"],
+                                   defaults["min_recall"], ann.queries_per_shard(NUM_SHARDS))
             tuned.index.save(os.devnull)
             parquet_bytes(metadata_table(items, []))
             parquet_bytes(embeddings_table(items, "fingerprint"))
@@ -124,7 +135,7 @@ def main(argv=None):
           f"best of {args.repeats} runs each")
     limit = print_model_rates(model_rates)
     labels = {"decode": "read + sha256 + decode + resize",
-              "model": "  + model (batches of 4)",
+              "model": "  + the model",
               "caption": "  + captions",
               "index": "  + Annoy and Parquet per shard"}
     for steps, rate in loop_rates.items():
