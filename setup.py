@@ -42,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["pipelines*", "transforms*", "models*", "search*",
+    packages=find_packages(include=["pipelines*", "transforms*", "models*", "search*", "runners*",
                                     "catalog_index*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -27,6 +27,7 @@ from catalog_index import storage
 from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from runners.local import LocalRunner
 from transforms.annoy_shard import BuildAnnoyShard
 from transforms.caption import Caption
 from transforms.embed import Embed, EmbeddingModelHandler
@@ -317,7 +318,9 @@ def is_local(pipeline_options: PipelineOptions) -> bool:
 
 def submit(args, pipeline_options: PipelineOptions, build: dict):
     """Construct the pipeline and hand it to the runner; returns the PipelineResult."""
-    pipeline = beam.Pipeline(options=pipeline_options)
+    runner = LocalRunner() if pipeline_options.get_all_options().get("runner") in (
+        None, "DirectRunner", "FnApiRunner") else None
+    pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
     build_pipeline(pipeline, args, build)
     return pipeline.run()
 
