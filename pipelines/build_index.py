@@ -28,7 +28,6 @@ from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from runners.local import LocalRunner
-from transforms.annoy_shard import BuildAnnoyShard
 from transforms.caption import Caption
 from transforms.embed import Embed, EmbeddingModelHandler
 from transforms.errors import ERRORS
@@ -37,9 +36,10 @@ from transforms.preprocess import DecodeAndPreprocess
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
-from transforms.shard import GroupIntoShards
+from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, BuildShards,
+                              GroupIntoShards, shard_count)
 from transforms.validate import Validate
-from transforms.write_metadata import WriteErrors, WriteShardParquet
+from transforms.write_metadata import WriteErrors
 
 # Locally, threads beat processes: decoding (libjpeg-turbo) and inference (TFLite/TF) release
 # the GIL, and one shared model per process avoids each worker process importing TensorFlow
@@ -68,6 +68,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
+
+
+def _shard_count(text: str):
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -112,8 +116,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("output", required=True, metavar="ROOT",
            help="output root, local or gs://; versions go to ROOT/versions/<id>/, and "
                 "ROOT/LATEST names the published one")
-    option("num-shards", type=_positive_int, default=8, metavar="N",
-           help="number of Annoy index shards (default 8)")
+    option("num-shards", type=_shard_count, default="auto", metavar="N",
+           help="number of Annoy index shards, or auto (default): one shard per "
+                "--max-items-per-shard catalog rows")
+    option("max-items-per-shard", type=_positive_int, default=DEFAULT_MAX_ITEMS_PER_SHARD,
+           metavar="N", help="with --num-shards auto, the most catalog rows per shard "
+           f"(default {DEFAULT_MAX_ITEMS_PER_SHARD:,}: a shard's vectors, held in memory "
+           "while its index is built, stay near 1 GB)")
     option("version-id", metavar="ID", default=None, type=_version_id,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
     option("replace", type=_boolean, nargs="?", const=True, default=False,
@@ -206,22 +215,26 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
 
-    shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(args.num_shards)
-    index_summaries = shards | "BuildAnnoyShard" >> beam.ParDo(BuildAnnoyShard(
-        out_dir, args.num_shards, model_info.embedding_dim, args.n_trees, args.seed,
-        args.min_recall))
-    parquet_parts = shards | "WriteMetadata" >> beam.ParDo(WriteShardParquet(
-        out_dir, args.num_shards, build["passthrough_columns"], model_info.fingerprint))
+    num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
+        _num_shards, args.num_shards, args.max_items_per_shard)
+    shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(num_shards)
+    shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
+        out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
+        args.seed, args.min_recall, model_info.fingerprint), num_shards)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
                captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
     errors_written = errors | "WriteErrors" >> WriteErrors(out_dir)
 
     manifest_build = {key: value for key, value in build.items() if key != "model_info"}
-    manifests = index_summaries | "Validate" >> Validate(
-        manifest_build, parquet_parts, catalog["input_count"], errors, errors_written)
+    manifests = shard_summaries | "Validate" >> Validate(
+        manifest_build, num_shards, catalog["input_count"], errors, errors_written)
     reported = manifests | "Report" >> Report(args.output, out_dir)
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
+
+
+def _num_shards(catalog_rows: int, requested, max_items_per_shard: int) -> int:
+    return requested if requested != "auto" else shard_count(catalog_rows, max_items_per_shard)
 
 
 def default_inference_threads(pipeline_options: PipelineOptions) -> int:
@@ -263,7 +276,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model_entry, "model_info": model.info,
-            "index": {"num_shards": args.num_shards, "n_trees": args.n_trees, "seed": args.seed},
+            "index": {"n_trees": args.n_trees, "seed": args.seed},
             "inference_threads": args.inference_threads or default_inference_threads(
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},

@@ -9,6 +9,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from annoy import AnnoyIndex
@@ -19,8 +20,8 @@ from catalog_index.schema import index_file, shard_of, version_dir
 from pipelines.build_index import run
 from tests.real_images import decode_edge_cases, encode, write_files
 from transforms.read_catalog import ReadCatalog, glob_root, item_id_for_path
-from transforms.shard import GroupIntoShards
-from transforms.write_metadata import embeddings_table, parquet_bytes
+from transforms.shard import VECTOR, GroupIntoShards
+from transforms.write_metadata import write_embeddings_parquet
 
 BAD_STAGE = {"truncated": "decode", "empty": "decode", "text": "decode", "huge": "decode"}
 GOOD_EDGE_FILES = ("cmyk.jpg", "sixteen_bit.png", "palette_transparent.png", "animated.gif",
@@ -197,16 +198,19 @@ def test_read_catalog_dedupes_jsonl(tmp_path):
         assert_that(out["input_count"], equal_to([3]), label="count")
 
 
-def test_group_into_shards_numbers_sorted_items_and_keeps_empty_shards():
-    items = [{"item_id": f"item-{n}"} for n in (3, 1, 2)]
+def test_group_into_shards_groups_by_the_stable_hash_of_item_id():
+    items = [{"item_id": f"item-{n}", "embedding": np.full(3, n, np.float32)} for n in (3, 1, 2)]
     with BeamTestPipeline() as pipeline:
-        shards = pipeline | beam.Create(items) | GroupIntoShards(8)
-        summary = shards | beam.Map(lambda kv: (kv[0], [(i["item_id"], i["annoy_id"]) for i in kv[1]]))
-        expected = {shard: [] for shard in range(8)}
-        for item in sorted(items, key=lambda i: i["item_id"]):
-            bucket = expected[shard_of(item["item_id"], 8)]
-            bucket.append((item["item_id"], len(bucket)))
-        assert_that(summary, equal_to(list(expected.items())))
+        num_shards = pipeline | "NumShards" >> beam.Create([8])
+        shards = pipeline | beam.Create(items) | GroupIntoShards(num_shards)
+        summary = shards | beam.MapTuple(lambda shard, records: (shard, sorted(
+            (record["item_id"], np.frombuffer(record[VECTOR], np.float32).tolist())
+            for record in records)))
+        expected = {}
+        for item in items:
+            expected.setdefault(shard_of(item["item_id"], 8), []).append(
+                (item["item_id"], item["embedding"].tolist()))
+        assert_that(summary, equal_to([(k, sorted(v)) for k, v in expected.items()]))
 
 
 def test_shard_assignment_is_stable():
@@ -217,15 +221,15 @@ def test_shard_assignment_is_stable():
     assert index_file(2, 8) == "index/shard-00002-of-00008.ann"
 
 
-def test_embeddings_table_keeps_every_vector_in_order_across_chunks(monkeypatch, tmp_path):
-    monkeypatch.setattr("transforms.write_metadata.EMBEDDING_ROWS_PER_CHUNK", 2)
+def test_embeddings_parquet_keeps_every_vector_in_order_across_row_groups(monkeypatch, tmp_path):
+    monkeypatch.setattr("transforms.write_metadata.ROWS_PER_GROUP", 2)
     vectors = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
-    items = [{"item_id": f"p{n}", "sha256": f"h{n}", "embedding": vector}
-             for n, vector in enumerate(vectors)]
+    table = pa.table({"item_id": [f"p{n}" for n in range(5)],
+                      "sha256": [f"h{n}" for n in range(5)]})
     path = tmp_path / "embeddings.parquet"
-    path.write_bytes(parquet_bytes(embeddings_table(items, "fp")))
+    write_embeddings_parquet(table, vectors, "fp", str(path))
+    assert pq.ParquetFile(path).num_row_groups == 3
     rows = pq.read_table(path).to_pylist()
     assert [row["item_id"] for row in rows] == ["p0", "p1", "p2", "p3", "p4"]
     np.testing.assert_array_equal(np.array([row["vector"] for row in rows]), vectors)
     assert {row["model_fingerprint"] for row in rows} == {"fp"}
-    assert embeddings_table([], "fp").num_rows == 0

@@ -115,6 +115,6 @@ def test_dataflow_job_with_gpu_workers_is_built_offline(gcs_bucket, photos, mode
     assert [image.container_image for image in pool.sdk_harness_container_images] == [IMAGE]
     stages = str(result.job.proto_pipeline)
     for stage in ("ReadCatalog", "FetchImages", "DecodeAndPreprocess", "Embed", "Caption",
-                  "GroupIntoShards", "BuildAnnoyShard", "WriteMetadata", "Validate", "Report",
+                  "GroupIntoShards", "BuildShards", "Validate", "Report",
                   "Publish"):
         assert stage in stages, stage

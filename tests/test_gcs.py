@@ -79,16 +79,16 @@ def test_failure_after_shards_are_written_keeps_latest_and_rerun_completes(
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "3",
                 "--version-id", "good"]) == 0
 
-    from transforms import write_metadata
+    from transforms import shard
 
-    original = write_metadata.WriteShardParquet.process
+    original = shard.BuildShard.build
 
-    def crash_on_last_shard(self, shard_items):
-        if shard_items[0] == 2:
+    def crash_on_last_shard(self, number, records, num_shards):
+        if number == 2:
             raise RuntimeError("injected: worker lost while writing shard 2")
-        yield from original(self, shard_items)
+        return original(self, number, records, num_shards)
 
-    monkeypatch.setattr(write_metadata.WriteShardParquet, "process", crash_on_last_shard)
+    monkeypatch.setattr(shard.BuildShard, "build", crash_on_last_shard)
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "3",
                 "--version-id", "next"]) == 1
     written = storage.list_files(f"{root}/versions/next")
@@ -96,7 +96,7 @@ def test_failure_after_shards_are_written_keeps_latest_and_rerun_completes(
     assert not any(path.endswith("manifest.json") for path in written)
     assert latest(root) == "good"
 
-    monkeypatch.setattr(write_metadata.WriteShardParquet, "process", original)
+    monkeypatch.setattr(shard.BuildShard, "build", original)
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "3",
                 "--version-id", "next"]) == 2  # the half-written version is not overwritten
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "3",

@@ -1,37 +1,194 @@
-"""AssignShard + GroupIntoShards: a stable hash of item_id picks the shard; inside a shard
-items are sorted by item_id and numbered 0..n-1, which are their Annoy ids."""
+"""AssignShard, GroupIntoShards and BuildShards: the catalog becomes ``num_shards`` shards.
+
+A stable hash of item_id picks an item's shard. Inside a shard, items are sorted by item_id
+and numbered 0..n-1: their Annoy ids. The number of shards follows the catalog's size
+(:func:`shard_count`), from the count of catalog rows, so that it is the same for the same
+catalog and rebuilds stay byte-identical.
+
+Memory: a shard's items arrive as an iterable that is read exactly once (on Dataflow it is
+paged in from the shuffle). Each item is appended to an Arrow file on local disk, a few
+thousand rows at a time; the shard is then sorted through a memory map of that file, and
+only its vectors, which the Annoy build needs, are ever held in memory together.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
+
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from catalog_index.schema import shard_of
+from catalog_index import ann, storage
+from catalog_index.schema import (embeddings_file, index_file, join, metadata_file,
+                                  metadata_schema, shard_of)
+from catalog_index.storage import sha256_of_file
+from transforms.errors import counter
+from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
+
+# A shard's vectors are held in memory while its Annoy index is built (5,120 bytes an item
+# at 1,280 dimensions, about as much again inside Annoy, whose file is ~5,300 bytes an item
+# with 16 trees): 100,000 items keep that near 1 GB, which fits any worker beside its model.
+DEFAULT_MAX_ITEMS_PER_SHARD = 100_000
+SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
+VECTOR = "__vector"  # the record's float32 bytes; no catalog column can be named so
 
 
-class _NumberItems(beam.DoFn):
-    def process(self, keyed):
-        shard, items = keyed
-        ordered = sorted((item for item in items if item is not None),
-                         key=lambda item: item["item_id"])
-        yield shard, [{**item, "shard": shard, "annoy_id": annoy_id}
-                      for annoy_id, item in enumerate(ordered)]
+def shard_count(catalog_rows: int, max_items_per_shard: int) -> int:
+    """The number of shards for a catalog of ``catalog_rows`` rows (at least 1)."""
+    return max(1, math.ceil(catalog_rows / max_items_per_shard))
+
+
+def shard_record(item: dict) -> dict:
+    """What a shard keeps of an item: its metadata fields and its vector as float32 bytes
+    (bytes cross the shuffle as they are; a numpy array would be pickled)."""
+    record = {key: value for key, value in item.items() if key != "embedding"}
+    record[VECTOR] = np.asarray(item["embedding"], dtype=np.float32).tobytes()
+    return record
 
 
 class GroupIntoShards(beam.PTransform):
-    """items -> (shard, [items sorted by item_id, with shard and annoy_id]) for every shard,
-    empty shards included, so the version always has ``num_shards`` of each file."""
+    """items -> (shard, iterable of shard records); ``num_shards`` is a one-element
+    PCollection. Shards without items do not appear: :class:`BuildShards` writes them."""
 
-    def __init__(self, num_shards: int):
+    def __init__(self, num_shards):
         super().__init__()
         self.num_shards = num_shards
 
     def expand(self, items):
-        num_shards = self.num_shards
-        keyed = items | "AssignShard" >> beam.Map(
-            lambda item: (shard_of(item["item_id"], num_shards), item))
-        every_shard = (items.pipeline | "EveryShard" >> beam.Create(
-            [(shard, None) for shard in range(num_shards)]))
-        return ((keyed, every_shard)
-                | "WithEmptyShards" >> beam.Flatten()
-                | "GroupByShard" >> beam.GroupByKey()
-                | "NumberItems" >> beam.ParDo(_NumberItems()))
+        return (items
+                | "AssignShard" >> beam.Map(
+                    lambda item, n: (shard_of(item["item_id"], n), shard_record(item)),
+                    beam.pvalue.AsSingleton(self.num_shards))
+                | "GroupByShard" >> beam.GroupByKey())
+
+
+class ShardSpill:
+    """Shard records appended to an Arrow IPC file in ``folder``, a batch at a time."""
+
+    def __init__(self, folder: str, passthrough_columns, dimension: int):
+        self.passthrough_columns = list(passthrough_columns)
+        self.dimension = dimension
+        fields = [field for field in metadata_schema(self.passthrough_columns)
+                  if field.name not in ("shard", "annoy_id")]
+        self.schema = pa.schema(fields + [pa.field(VECTOR, pa.binary(4 * dimension))])
+        self.path = os.path.join(folder, "spill.arrow")
+        self._writer = pa.ipc.new_file(self.path, self.schema)
+        self._rows = []
+        self.count = 0
+
+    def add(self, record: dict) -> None:
+        passthrough = record.get("passthrough") or {}
+        row = {name: passthrough.get(name) for name in self.passthrough_columns}
+        row.update((field.name, record.get(field.name)) for field in self.schema
+                   if field.name not in self.passthrough_columns)
+        self._rows.append(row)
+        if len(self._rows) >= SPILL_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
+            self.count += len(self._rows)
+            self._rows = []
+
+    def sorted_table(self) -> pa.Table:
+        """The spilled rows sorted by item_id, memory-mapped (a ``take`` materializes only
+        what is read from it)."""
+        self._flush()
+        self._writer.close()
+        table = pa.ipc.open_file(pa.memory_map(self.path)).read_all()
+        return table.take(pc.sort_indices(table, sort_keys=[("item_id", "ascending")]))
+
+
+def vectors_of(table: pa.Table, dimension: int) -> np.ndarray:
+    """The vector column as one float32 array [rows, dimension] (no copy when the column
+    is in one chunk)."""
+    if table.num_rows == 0:
+        return np.zeros((0, dimension), dtype=np.float32)
+    column = table.column(VECTOR).combine_chunks()
+    data = np.frombuffer(column.buffers()[1], dtype=np.float32,
+                         count=table.num_rows * dimension,
+                         offset=column.offset * 4 * dimension)
+    return data.reshape(table.num_rows, dimension)
+
+
+class BuildShard(beam.DoFn):
+    """(shard, records) -> the shard's Annoy index, metadata and embeddings Parquet, and one
+    summary dict for the manifest. Same records + same options -> same bytes."""
+
+    def __init__(self, version_dir: str, passthrough_columns, dimension: int, n_trees: int,
+                 seed: int, target_recall: float, model_fingerprint: str):
+        self.version_dir, self.dimension = version_dir, dimension
+        self.passthrough_columns = list(passthrough_columns)
+        self.n_trees, self.seed, self.target_recall = n_trees, seed, target_recall
+        self.model_fingerprint = model_fingerprint
+
+    def process(self, shard_records, num_shards: int):
+        shard, records = shard_records
+        yield self.build(shard, records, num_shards)
+
+    def build(self, shard: int, records, num_shards: int) -> dict:
+        with tempfile.TemporaryDirectory() as scratch:
+            spill = ShardSpill(scratch, self.passthrough_columns, self.dimension)
+            for record in records:
+                spill.add(record)
+            table = spill.sorted_table()
+            files = {"index_file": index_file(shard, num_shards),
+                     "metadata_file": metadata_file(shard, num_shards),
+                     "embeddings_file": embeddings_file(shard, num_shards)}
+            local = {key: os.path.join(scratch, key) for key in files}
+            vectors = vectors_of(table, self.dimension)
+            write_metadata_parquet(table, shard, self.passthrough_columns,
+                                   local["metadata_file"])
+            write_embeddings_parquet(table, vectors, self.model_fingerprint,
+                                     local["embeddings_file"])
+            tuned = ann.tune_shard(vectors, self.n_trees, self.seed, self.target_recall,
+                                   ann.queries_per_shard(num_shards))
+            del vectors, table
+            tuned.index.save(local["index_file"])
+            tuned.index.unload()
+            summary = {"shard": shard, **files, "items": spill.count,
+                       "bytes": os.path.getsize(local["index_file"]),
+                       "sha256": sha256_of_file(local["index_file"]),
+                       "metadata_sha256": sha256_of_file(local["metadata_file"]),
+                       "metadata_rows": spill.count,
+                       "n_trees": tuned.n_trees, "search_k": tuned.search_k,
+                       "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
+            for key, name in files.items():
+                storage.upload_file(local[key], join(self.version_dir, name))
+        counter("indexed").inc(spill.count)
+        return summary
+
+
+class _CompleteShard(beam.DoFn):
+    """Shard number -> its summary: the built one, or an empty shard written now."""
+
+    def __init__(self, build_shard: BuildShard):
+        self.build_shard = build_shard
+
+    def process(self, shard: int, built: dict, num_shards: int):
+        yield built[shard] if shard in built else self.build_shard.build(shard, [], num_shards)
+
+
+class BuildShards(beam.PTransform):
+    """(shard, records) groups -> one summary per shard, 0..num_shards-1, empty shards
+    included, so a version always has ``num_shards`` of each file (``num_shards``: a
+    one-element PCollection)."""
+
+    def __init__(self, build_shard: BuildShard, num_shards):
+        super().__init__()
+        self.build_shard, self.num_shards = build_shard, num_shards
+
+    def expand(self, groups):
+        num_shards = beam.pvalue.AsSingleton(self.num_shards)
+        built = (groups
+                 | "BuildShard" >> beam.ParDo(self.build_shard, num_shards)
+                 | "ByShard" >> beam.Map(lambda summary: (summary["shard"], summary)))
+        return (self.num_shards
+                | "EveryShard" >> beam.FlatMap(lambda count: list(range(count)))
+                | "CompleteShard" >> beam.ParDo(_CompleteShard(self.build_shard),
+                                                beam.pvalue.AsDict(built), num_shards))

@@ -26,11 +26,9 @@ class _ValidateVersion(beam.DoFn):
     def __init__(self, build: dict):
         self.build = build  # version_id, version_dir, model, index options, source, options
 
-    def process(self, _unused, shards, parquet_parts, input_count, errors_by_stage, _errors_written):
+    def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written):
         build = self.build
-        by_shard = {part["shard"]: part for part in parquet_parts}
-        shard_entries = sorted(({**shard, **by_shard[shard["shard"]]} for shard in shards),
-                               key=lambda entry: entry["shard"])
+        shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
         counts = {"input": input_count,
                   "indexed": sum(entry["items"] for entry in shard_entries),
@@ -43,9 +41,8 @@ class _ValidateVersion(beam.DoFn):
             problems.append(f"counts do not add up: input {counts['input']} != indexed "
                             f"{counts['indexed']} + failed {counts['failed']} + duplicate "
                             f"{counts['duplicate']}")
-        if len(shard_entries) != build["index"]["num_shards"]:
-            problems.append(f"{len(shard_entries)} shards written, expected "
-                            f"{build['index']['num_shards']}")
+        if [entry["shard"] for entry in shard_entries] != list(range(num_shards)):
+            problems.append(f"{len(shard_entries)} shards written, expected {num_shards}")
         for entry in shard_entries:
             if entry["metadata_rows"] != entry["items"]:
                 problems.append(f"shard {entry['shard']}: {entry['metadata_rows']} metadata rows "
@@ -65,7 +62,7 @@ class _ValidateVersion(beam.DoFn):
             "model": build["model"],
             "index": {"library": "annoy", "library_version": package_metadata.version("annoy"),
                       "metric": ANNOY_METRIC, "seed": build["index"]["seed"],
-                      "num_shards": build["index"]["num_shards"],
+                      "num_shards": num_shards,
                       "n_trees": max((entry["n_trees"] for entry in shard_entries), default=0),
                       "search_k": max((entry["search_k"] for entry in shard_entries), default=0),
                       "recall_target": build["gate"]["min_recall"],
@@ -139,10 +136,10 @@ def quality_gate(quality: dict, thresholds: dict, model: dict, previous) -> list
 class Validate(beam.PTransform):
     """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
 
-    def __init__(self, build: dict, parquet_parts, input_count, errors, errors_written):
+    def __init__(self, build: dict, num_shards, input_count, errors, errors_written):
         super().__init__()
         self.build = build
-        self.parquet_parts, self.input_count = parquet_parts, input_count
+        self.num_shards, self.input_count = num_shards, input_count
         self.errors, self.errors_written = errors, errors_written
 
     def expand(self, shard_summaries):
@@ -152,7 +149,7 @@ class Validate(beam.PTransform):
                 | "ValidateVersion" >> beam.ParDo(
                     _ValidateVersion(self.build),
                     beam.pvalue.AsList(shard_summaries),
-                    beam.pvalue.AsList(self.parquet_parts),
+                    beam.pvalue.AsSingleton(self.num_shards),
                     beam.pvalue.AsSingleton(self.input_count),
                     beam.pvalue.AsSingleton(errors_by_stage),
                     beam.pvalue.AsList(self.errors_written)))

@@ -1,0 +1,107 @@
+"""The shard stage streams: a shard's items arrive as an iterable read once, go to disk,
+and come back sorted; the files equal what the in-memory stage of before wrote."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pyarrow
+import pyarrow.parquet as pq
+import pytest
+
+from transforms.shard import BuildShard, shard_count, shard_record
+
+DIMENSION = 1280
+# Written by the in-memory shard stage this one replaced (a list of item dicts, sorted in
+# Python; commit cf76230) for synthetic_items() as shard 2 of 4: Annoy 1.17.3, 16 trees,
+# seed 42. The Parquet files of that run had these digests with pyarrow 25.0.1.
+BEFORE = {"index/shard-00002-of-00004.ann":
+          "5d3bf439435f447d87326532e67ed8eca834a86c1e496591b541177488caa326",
+          "metadata/part-00002-of-00004.parquet":
+          "fa615310a9ba7ee1a420afd24f510ecf2615110bdc7de455809787a66ba44cf1",
+          "embeddings/part-00002-of-00004.parquet":
+          "f986797c2886623517d63a7f1df38432083be2e20f25ff26ba8f285f341fddbb"}
+
+
+def synthetic_items(count=300, dimension=DIMENSION, seed=7):
+    """Captioned items in a shuffled order, as the Caption stage hands them on."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for n in rng.permutation(count):
+        vector = rng.standard_normal(dimension).astype(np.float32)
+        vector /= np.linalg.norm(vector)
+        items.append({"item_id": f"sku-{n:04d}", "image_uri": f"/images/{n}.jpg",
+                      "passthrough": {"title": f"Product {n}" if n % 3 else None,
+                                      "category": "shoes"},
+                      "sha256": hashlib.sha256(str(n).encode()).hexdigest(),
+                      "width": 100 + int(n), "height": 200, "embedding": vector,
+                      "caption": f"red product {n}",
+                      "labels": [{"label": "sneaker", "score": 0.5},
+                                 {"label": "clog", "score": 0.25}],
+                      "colors": [{"name": "red", "fraction": 0.75}]})
+    return items
+
+
+class OnceOnly:
+    """An iterable that can be iterated one time, as a shuffle's grouped values may be."""
+
+    def __init__(self, values):
+        self.values, self.used = values, False
+
+    def __iter__(self):
+        assert not self.used, "the shard's items were iterated twice"
+        self.used = True
+        return (value for value in self.values)
+
+
+def build(folder, items, shard=2, num_shards=4):
+    stage = BuildShard(str(folder), ["category", "title"], DIMENSION, n_trees=16, seed=42,
+                       target_recall=0.95, model_fingerprint="fp")
+    return stage.build(shard, OnceOnly([shard_record(item) for item in items]), num_shards)
+
+
+def digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_a_shard_read_once_writes_the_files_of_before(tmp_path):
+    items = synthetic_items()
+    summary = build(tmp_path, items)
+    assert summary["items"] == summary["metadata_rows"] == 300
+    assert digest(tmp_path / "index/shard-00002-of-00004.ann") == BEFORE[summary["index_file"]]
+    assert summary["sha256"] == BEFORE[summary["index_file"]]
+    if pyarrow.__version__ == "25.0.1":  # Parquet's bytes name the writer's version
+        for name in (summary["metadata_file"], summary["embeddings_file"]):
+            assert digest(tmp_path / name) == BEFORE[name], name
+
+    metadata = pq.read_table(tmp_path / summary["metadata_file"]).to_pylist()
+    by_id = {item["item_id"]: item for item in items}
+    assert [row["item_id"] for row in metadata] == sorted(by_id)
+    assert [row["annoy_id"] for row in metadata] == list(range(300))
+    assert {row["shard"] for row in metadata} == {2}
+    first = metadata[0]
+    source = by_id[first["item_id"]]
+    assert first["title"] == source["passthrough"]["title"]
+    assert first["labels"] == source["labels"] and first["colors"] == source["colors"]
+    vectors = pq.read_table(tmp_path / summary["embeddings_file"]).to_pylist()
+    assert [row["item_id"] for row in vectors] == sorted(by_id)
+    for row in vectors[:5]:
+        np.testing.assert_array_equal(np.asarray(row["vector"], np.float32),
+                                      by_id[row["item_id"]]["embedding"])
+
+
+def test_an_empty_shard_writes_empty_files(tmp_path):
+    summary = build(tmp_path, [], shard=0, num_shards=1)
+    assert summary["items"] == 0
+    assert pq.read_table(tmp_path / summary["metadata_file"]).num_rows == 0
+    assert pq.read_table(tmp_path / summary["embeddings_file"]).num_rows == 0
+    assert os.path.getsize(tmp_path / summary["index_file"]) > 0
+
+
+@pytest.mark.parametrize("rows, per_shard, expected", [
+    (0, 100_000, 1), (1, 100_000, 1), (100_000, 100_000, 1), (100_001, 100_000, 2),
+    (1_000_000, 100_000, 10), (70_000, 10_000, 7)])
+def test_shard_count_follows_the_catalog_size(rows, per_shard, expected):
+    assert shard_count(rows, per_shard) == expected
