@@ -18,15 +18,18 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from catalog_index import storage
+from catalog_index.progress import ProgressReporter
 from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from pipelines.console import quiet_output
 from runners.local import LocalRunner
 from transforms.caption import Caption
 from transforms.embed import Embed, EmbeddingModelHandler
@@ -158,6 +161,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("precision", choices=PRECISIONS, default="float32",
            help="float32 (default) or mixed (float16 compute on a GPU, float32 "
                 "embeddings; Keras runtime only)")
+    option("progress-seconds", type=float, default=10.0, metavar="S",
+           help="print a progress line on stderr every S seconds (default 10)")
+    option("verbose", type=_boolean, nargs="?", const=True, default=False,
+           help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
+                "without it they go to a log file under the temp folder")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -303,17 +311,31 @@ def run(argv: Optional[List[str]] = None) -> int:
     storage.use_anonymous_beam_credentials_with_emulator()
     try:
         args, pipeline_options = parse_args(sys.argv[1:] if argv is None else argv)
-        build = plan_build(args, pipeline_options)
-    except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
+    except UsageError as error:
         print(f"catalog-index build: error: {error}", file=sys.stderr)
         return 2
+    args.version_id = args.version_id or default_version_id()
+    log_path = os.path.join(tempfile.gettempdir(), "catalog-index",
+                            f"build-{args.version_id}.log")
+    with quiet_output(log_path, enabled=not args.verbose) as console:
+        return _run_build(args, pipeline_options, console, log_path)
+
+
+def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) -> int:
     try:
-        result = submit(args, pipeline_options, build)
-        if is_local(pipeline_options):
-            result.wait_until_finish()
+        build = plan_build(args, pipeline_options)
+    except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
+        print(f"catalog-index build: error: {error}", file=console)
+        return 2
+    try:
+        with ProgressReporter(console, args.progress_seconds):
+            result = submit(args, pipeline_options, build)
+            if is_local(pipeline_options):
+                result.wait_until_finish()
     except Exception as error:  # the runner wraps the worker's exception in its own
         logging.getLogger(__name__).debug("build failed", exc_info=True)
-        print(f"catalog-index build: not published: {_root_cause(error)}", file=sys.stderr)
+        log = "" if args.verbose else f" (log: {log_path})"
+        print(f"catalog-index build: not published: {_root_cause(error)}{log}", file=console)
         return 1
     if not is_local(pipeline_options):
         # A Flex Template launcher must exit once the job is submitted; the job publishes

@@ -6,6 +6,8 @@ import csv
 import hashlib
 import json
 import os
+import re
+import tempfile
 
 import apache_beam as beam
 import numpy as np
@@ -233,3 +235,23 @@ def test_embeddings_parquet_keeps_every_vector_in_order_across_row_groups(monkey
     assert [row["item_id"] for row in rows] == ["p0", "p1", "p2", "p3", "p4"]
     np.testing.assert_array_equal(np.array([row["vector"] for row in rows]), vectors)
     assert {row["model_fingerprint"] for row in rows} == {"fp"}
+
+
+PROGRESS_LINE = re.compile(r"progress: [\d,]+ of [\d,]+ items( \(\d+\.\d%\))?, \d+\.\d images/s, "
+                           r"[\d,]+ failed, ETA (\d+h\d\dm|\d+m\d\ds|unknown)")
+
+
+def test_a_build_prints_progress_lines_and_no_library_logs(image_catalog, tmp_path, capsys):
+    images, good_ids, bad_ids = image_catalog
+    assert run(["--catalog", f"{images}/**", "--output", str(tmp_path), "--version-id", "p",
+                "--progress-seconds", "0.2", *TOLERATE_FAILURES]) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    progress = [line for line in lines if line.startswith("progress:")]
+    assert progress and all(PROGRESS_LINE.fullmatch(line) for line in progress), progress
+    total = len(good_ids) + len(bad_ids) + 2
+    assert progress[-1].startswith(f"progress: {total} of {total} items (100.0%)")
+    assert f"{len(bad_ids)} failed" in progress[-1]
+    assert not [line for line in lines if not line.startswith("progress:")], lines
+    log = os.path.join(tempfile.gettempdir(), "catalog-index", "build-p.log")
+    assert os.path.exists(log)

@@ -10,6 +10,8 @@ import functools
 
 import apache_beam as beam
 
+from catalog_index.progress import TALLY
+
 ERRORS = "errors"  # the tag of every stage's dead-letter output
 NAMESPACE = "catalog_index"
 
@@ -26,8 +28,20 @@ def dead_letter(item: dict, stage: str, error: Exception) -> beam.pvalue.TaggedO
         ERRORS, error_row(item, stage, type(error).__name__, str(error) or repr(error)))
 
 
+class _Counter:
+    """A Beam counter that also adds to this process's progress tally."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.metric = beam.metrics.Metrics.counter(NAMESPACE, name)
+
+    def inc(self, amount: int = 1) -> None:
+        self.metric.inc(amount)
+        TALLY.add(self.name, amount)
+
+
 @functools.lru_cache(maxsize=None)
-def counter(name: str):
+def counter(name: str) -> _Counter:
     """The Beam counter ``name`` (it finds the running bundle's metrics at each ``inc``,
     so one object per name serves every bundle and thread)."""
-    return beam.metrics.Metrics.counter(NAMESPACE, name)
+    return _Counter(name)
