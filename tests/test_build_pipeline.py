@@ -145,19 +145,26 @@ def test_csv_catalog_passes_columns_through_and_reports_missing_images(tmp_path,
         writer.writerow(["sku-2", paths["a.jpg"], "Cat poster (dup)", "12"])
         writer.writerow(["sku-3", str(tmp_path / "img/missing.jpg"), "Gone", ""])
         writer.writerow(["", paths["a.jpg"], "no id", "1"])
+        writer.writerow(["007", paths["a.jpg"], "TRUE", "0042"])  # kept as written
+        writer.writerow(["7", paths["b.jpg"], "1e3", "7"])
+        writer.writerow(["   ", paths["a.jpg"], "blank id", "1"])
     output = str(tmp_path / "out")
     assert run(["--catalog", str(catalog), "--output", output, "--num-shards", "2",
                 "--version-id", "v1", "--runner", "DirectRunner", *TOLERATE_FAILURES]) == 0
     folder = version_dir(output, "v1")
     rows = {row["item_id"]: row for row in read_parquet_dir(os.path.join(folder, "metadata"))}
-    assert set(rows) == {"sku-1", "sku-2"}
-    assert rows["sku-1"]["title"] == "Espresso cup" and rows["sku-1"]["price"] == "4.5"
-    assert rows["sku-2"]["image_uri"] == paths["a.jpg"]  # kept first by image_uri
-    errors = {(row["item_id"], row["stage"]) for row in
+    assert set(rows) == {"sku-1", "sku-2", "007", "7"}
+    assert rows["sku-1"]["title"] == "Espresso cup" and rows["sku-1"]["price"] == "4.50"
+    assert (rows["007"]["title"], rows["007"]["price"]) == ("TRUE", "0042")
+    assert (rows["7"]["title"], rows["7"]["price"]) == ("1e3", "7")
+    assert rows["sku-2"]["image_uri"] == paths["b.jpg"]  # the first row in catalog order
+    errors = {(row["item_id"], row["stage"], row["message"]) for row in
               read_parquet_dir(os.path.join(folder, "errors"))}
-    assert errors == {("sku-2", "dedupe"), ("sku-3", "fetch"), (None, "read")}
+    assert {(item, stage) for item, stage, _ in errors} == {
+        ("sku-2", "dedupe"), ("sku-3", "fetch"), (None, "read"), ("   ", "read")}
+    assert ("   ", "read", "row 8: item_id empty or only whitespace") in errors
     counts = json.load(open(os.path.join(folder, "manifest.json")))["counts"]
-    assert (counts["input"], counts["indexed"], counts["failed"], counts["duplicate"]) == (5, 2, 2, 1)
+    assert (counts["input"], counts["indexed"], counts["failed"], counts["duplicate"]) == (8, 4, 3, 1)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -171,6 +178,26 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("catalog_text, message", [
+    ("item_id,image_uri,title\n", "the catalog has no rows"),
+    ("item_id,title\nsku-1,x\n", "missing column(s) image_uri"),
+    ("", "cannot read it"),
+])
+def test_bad_catalogs_are_one_line_errors_before_any_work(catalog_text, message, tmp_path, capsys):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(catalog_text)
+    assert run(["--catalog", str(catalog), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_glob_that_matches_nothing_is_a_one_line_error(tmp_path, capsys):
+    assert run(["--catalog", str(tmp_path / "none" / "*.jpg"), "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no file matches this pattern" in err and len(err.splitlines()) == 1
 
 
 def test_existing_version_is_never_overwritten(two_builds, image_catalog, capsys):
@@ -194,7 +221,7 @@ def test_read_catalog_dedupes_jsonl(tmp_path):
     with BeamTestPipeline() as pipeline:
         out = pipeline | ReadCatalog(str(catalog))
         assert_that(out["items"] | beam.Map(lambda i: (i["item_id"], i["image_uri"])),
-                    equal_to([("a", "/x/1.jpg"), ("b", "/x/3.jpg")]), label="items")
+                    equal_to([("a", "/x/2.jpg"), ("b", "/x/3.jpg")]), label="items")
         assert_that(out["errors"] | beam.Map(lambda e: (e["item_id"], e["stage"])),
                     equal_to([("a", "dedupe")]), label="errors")
         assert_that(out["input_count"], equal_to([3]), label="count")

@@ -1,9 +1,10 @@
 """ReadCatalog: a glob of image files, or a CSV / JSON Lines / Parquet catalog, as item rows.
 
-An item row is ``{"item_id", "image_uri", "passthrough": {column: str}}``. Rows without an
-item_id or image_uri are dead letters (stage ``read``); of several rows with one item_id,
-the first by (image_uri, passthrough) is kept and the others are dead letters with stage
-``dedupe``, counted as duplicates.
+An item row is ``{"item_id", "image_uri", "row", "passthrough": {column: str}}``, every value
+as written in the catalog (CSV columns are read as strings, never type-guessed). Rows whose
+item_id or image_uri is missing, empty or only whitespace are dead letters (stage ``read``);
+of several rows with one item_id, the first in catalog order is kept and the others are dead
+letters with stage ``dedupe``, counted as duplicates.
 """
 
 from __future__ import annotations
@@ -66,7 +67,10 @@ def _open_table_batches(path: str, fmt: str):
     if fmt == "parquet":
         yield from pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=10_000)
     elif fmt == "csv":
-        options = pyarrow.csv.ConvertOptions(strings_can_be_null=True)
+        # Every column is read as written: "007" stays "007", never the number 7.
+        names = _csv_header(path)
+        options = pyarrow.csv.ConvertOptions(
+            column_types={name: pyarrow.string() for name in names}, strings_can_be_null=True)
         reader = pyarrow.csv.open_csv(stream, convert_options=options,
                                       read_options=pyarrow.csv.ReadOptions(block_size=1 << 22))
         yield from reader
@@ -74,23 +78,60 @@ def _open_table_batches(path: str, fmt: str):
         yield from pyarrow.json.read_json(stream).to_batches(max_chunksize=10_000)
 
 
+def _csv_header(path: str) -> list:
+    import pyarrow.csv
+
+    with FileSystems.open(path) as stream:
+        return pyarrow.csv.open_csv(stream, read_options=pyarrow.csv.ReadOptions(
+            block_size=1 << 16)).schema.names
+
+
+def _catalog_header(source: str, fmt: str):
+    """-> (column names, whether the catalog has at least one row)."""
+    import pyarrow.parquet
+
+    if fmt == "csv":
+        names = _csv_header(source)
+    elif fmt == "parquet":
+        with FileSystems.open(source) as stream:
+            metadata = pyarrow.parquet.ParquetFile(stream).metadata
+            return metadata.schema.to_arrow_schema().names, metadata.num_rows > 0
+    batches = (batch for batch in _open_table_batches(source, fmt) if batch.num_rows)
+    first = next(batches, None)
+    if fmt != "csv":
+        names = [] if first is None else first.schema.names
+    return names, first is not None
+
+
+def check_glob_matches(pattern: str) -> None:
+    """A glob that matches no file is a usage error, found before any work starts."""
+    try:
+        matched = FileSystems.match([pattern], limits=[1])[0].metadata_list
+    except Exception as error:
+        raise CatalogError(f"--catalog {pattern}: cannot list it ({error})") from None
+    if not matched:
+        raise CatalogError(f"--catalog {pattern}: no file matches this pattern")
+
+
 def catalog_columns(source: str) -> list:
     """The passthrough columns of a catalog (empty for a glob), read from its header."""
     if is_glob(source):
+        check_glob_matches(source)
         return []
     fmt = catalog_format(source)
     try:
         if not FileSystems.exists(source):
             raise CatalogError(f"--catalog {source}: file not found")
-        first = next(_open_table_batches(source, fmt), None)
+        names, has_rows = _catalog_header(source, fmt)
     except CatalogError:
         raise
     except Exception as error:
         raise CatalogError(f"--catalog {source}: cannot read it ({error})") from None
-    names = [] if first is None else first.schema.names
     missing = {"item_id", "image_uri"} - set(names)
     if missing:
         raise CatalogError(f"--catalog {source}: missing column(s) {', '.join(sorted(missing))}")
+    if not has_rows:
+        raise CatalogError(f"--catalog {source}: the catalog has no rows")
     return sorted(name for name in names if name not in RESERVED_COLUMNS)
 
 
@@ -110,27 +151,35 @@ def _resolve_uri(uri: str, catalog_path: str) -> str:
 
 
 class ReadCatalogFile(beam.DoFn):
+    """Catalog rows in file order; ``row`` is the data row's number, from 1."""
+
     def process(self, path):
+        number = 0
         for batch in _open_table_batches(path, catalog_format(path)):
             for row in batch.to_pylist():
+                number += 1
                 item_id, uri = _as_text(row.pop("item_id", None)), row.pop("image_uri", None)
-                item = {"item_id": item_id, "image_uri": uri,
+                item = {"item_id": item_id, "image_uri": uri, "row": number,
                         "passthrough": {key: _as_text(value) for key, value in row.items()
                                         if key not in RESERVED_COLUMNS}}
                 counter("read").inc()
-                if not item_id or not uri:
+                missing = [name for name, value in (("item_id", item_id), ("image_uri", uri))
+                           if not value or not str(value).strip()]
+                if missing:
                     yield dead_letter(item, "read", MissingField(
-                        "row has no item_id or no image_uri"))
+                        f"row {number}: {' and '.join(missing)} empty or only whitespace"))
                     continue
                 item["image_uri"] = _resolve_uri(str(uri), path)
                 yield item
 
 
 class _KeepFirstPerItemId(beam.DoFn):
+    """Of the rows with one item_id, the first in catalog order is kept (for a glob, which
+    has no order of its own, the first by path)."""
+
     def process(self, keyed):
         _item_id, rows = keyed
-        ordered = sorted(rows, key=lambda row: (row["image_uri"],
-                                                json.dumps(row["passthrough"], sort_keys=True)))
+        ordered = sorted(rows, key=lambda row: (row.get("row") or 0, row["image_uri"]))
         yield ordered[0]
         for duplicate in ordered[1:]:
             counter("duplicate").inc()
