@@ -10,6 +10,7 @@ Layout::
     <root>/versions/<version_id>/metadata/part-00000-of-00008.parquet
     <root>/versions/<version_id>/embeddings/part-00000-of-00008.parquet
     <root>/versions/<version_id>/errors/part-00000-of-00001.parquet
+    <root>/versions/<version_id>/text/*                  BM25 text index (catalog_index.text_index)
     <root>/versions/<version_id>/report.json
     <root>/LATEST                                        the published version_id
 """

@@ -41,6 +41,7 @@ from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
 from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, BuildShards,
                               GroupIntoShards, shard_count)
+from transforms.text_index import BuildTextIndex
 from transforms.validate import Validate
 from transforms.write_metadata import WriteErrors
 
@@ -161,11 +162,6 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("precision", choices=PRECISIONS, default="float32",
            help="float32 (default) or mixed (float16 compute on a GPU, float32 "
                 "embeddings; Keras runtime only)")
-    option("progress-seconds", type=float, default=10.0, metavar="S",
-           help="print a progress line on stderr every S seconds (default 10)")
-    option("verbose", type=_boolean, nargs="?", const=True, default=False,
-           help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
-                "without it they go to a log file under the temp folder")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -175,6 +171,11 @@ def parse_args(argv: List[str]):
     parser = _OneLineParser(prog="catalog-index build", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_build_arguments(parser)
+    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="S",
+                        help="print a progress line on stderr every S seconds (default 10)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
+                             "without it they go to a log file under the temp folder")
     args, beam_args = parser.parse_known_args(argv)
     unknown = unknown_beam_args(beam_args)
     if unknown:
@@ -235,8 +236,9 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     errors_written = errors | "WriteErrors" >> WriteErrors(out_dir)
 
     manifest_build = {key: value for key, value in build.items() if key != "model_info"}
+    text_index = shard_summaries | "BuildTextIndex" >> BuildTextIndex(out_dir)
     manifests = shard_summaries | "Validate" >> Validate(
-        manifest_build, num_shards, catalog["input_count"], errors, errors_written)
+        manifest_build, num_shards, catalog["input_count"], errors, errors_written, text_index)
     reported = manifests | "Report" >> Report(args.output, out_dir)
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 

@@ -15,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from catalog_index import storage
 from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
-                                  join, version_dir)
+                                  join, shard_of, version_dir)
+from catalog_index.text_index import TEXT_DIR, TextIndex
 
 
 class IndexIntegrityError(ValueError):
@@ -32,10 +36,6 @@ class IndexIntegrityError(ValueError):
 
 class ModelMismatchError(ValueError):
     """The model at hand is not the one that built the index: its vectors would not match."""
-
-
-# Metadata columns a text query searches, besides the passthrough columns.
-TEXT_FIELDS = ("caption",)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,30 @@ def _cache_root() -> str:
     return os.path.join(default_cache_dir(), "indexes")
 
 
+@dataclass
+class Shard:
+    """One shard as the reader holds it: the memory-mapped Annoy index and the shard's
+    metadata as an Arrow table whose row n is the item with Annoy id n (sorted by item_id)."""
+    annoy: object
+    metadata: pa.Table
+    search_k: int
+
+    def row(self, annoy_id: int) -> dict:
+        return self.metadata.slice(annoy_id, 1).to_pylist()[0]
+
+    def find(self, item_id: str) -> Optional[int]:
+        """The Annoy id of ``item_id``, by binary search over the sorted item_id column."""
+        ids = self.metadata.column("item_id")
+        low, high = 0, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            if ids[middle].as_py() < item_id:
+                low = middle + 1
+            else:
+                high = middle
+        return low if low < len(ids) and ids[low].as_py() == item_id else None
+
+
 class PublishedIndex:
     def __init__(self, root: str, manifest: dict, local_dir: str):
         from annoy import AnnoyIndex
@@ -58,10 +82,10 @@ class PublishedIndex:
         self.root, self.manifest, self.local_dir = root, manifest, local_dir
         self._model = None
         self._text_index = None
+        self._lock = threading.Lock()
         self.version_id = manifest["version_id"]
         self.dimension = manifest["model"]["embedding_dim"]
-        self.shards = []
-        self.rows: Dict[str, dict] = {}
+        self.shards: List[Shard] = []
         for shard in manifest["index"]["shards"]:
             annoy = AnnoyIndex(self.dimension, manifest["index"]["metric"])
             annoy.load(os.path.join(local_dir, shard["index_file"]))
@@ -69,10 +93,8 @@ class PublishedIndex:
                 raise IndexIntegrityError(
                     f"{shard['index_file']}: Annoy holds {annoy.get_n_items()} items, the "
                     f"manifest says {shard['items']}")
-            rows = pq.read_table(os.path.join(local_dir, shard["metadata_file"])).to_pylist()
-            by_annoy_id = {row["annoy_id"]: row for row in rows}
-            self.shards.append((annoy, by_annoy_id, shard["search_k"]))
-            self.rows.update((row["item_id"], row) for row in rows)
+            metadata = pq.read_table(os.path.join(local_dir, shard["metadata_file"]))
+            self.shards.append(Shard(annoy, metadata, shard["search_k"]))
 
     @classmethod
     def open(cls, root: str, version: Optional[str] = None,
@@ -106,17 +128,29 @@ class PublishedIndex:
         return cls(root, manifest, local_dir)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return sum(shard.metadata.num_rows for shard in self.shards)
+
+    def item_ids(self) -> Iterator[str]:
+        """Every indexed item_id, shard by shard."""
+        for shard in self.shards:
+            for chunk in shard.metadata.column("item_id").chunks:
+                yield from chunk.to_pylist()
+
+    def _locate(self, item_id: str):
+        """-> (Shard, annoy_id) of an indexed item; KeyError if it is not in the version."""
+        shard = self.shards[shard_of(item_id, len(self.shards))] if self.shards else None
+        annoy_id = shard.find(item_id) if shard is not None and item_id is not None else None
+        if annoy_id is None:
+            raise KeyError(f"item_id {item_id!r} is not in version {self.version_id}")
+        return shard, annoy_id
 
     def item(self, item_id: str) -> dict:
-        if item_id not in self.rows:
-            raise KeyError(f"item_id {item_id!r} is not in version {self.version_id}")
-        return self.rows[item_id]
+        shard, annoy_id = self._locate(item_id)
+        return shard.row(annoy_id)
 
     def vector(self, item_id: str) -> np.ndarray:
-        row = self.item(item_id)
-        annoy, _, _ = self.shards[row["shard"]]
-        return np.asarray(annoy.get_item_vector(row["annoy_id"]), dtype=np.float32)
+        shard, annoy_id = self._locate(item_id)
+        return np.asarray(shard.annoy.get_item_vector(annoy_id), dtype=np.float32)
 
     def query_vector(self, vector: Sequence[float], k: int = 10, search_k: Optional[int] = None,
                      exclude: Sequence[str] = ()) -> List[Hit]:
@@ -125,15 +159,18 @@ class PublishedIndex:
         vector = np.asarray(vector, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         wanted = k + len(exclude)
-        hits = []
-        for annoy, by_annoy_id, tuned_search_k in self.shards:
-            ids, distances = annoy.get_nns_by_vector(
-                vector, wanted, search_k=search_k or tuned_search_k, include_distances=True)
-            hits.extend(Hit(by_annoy_id[i]["item_id"], 1.0 - d * d / 2.0, by_annoy_id[i])
-                        for i, d in zip(ids, distances))
+        found = []  # (score, item_id, shard, annoy_id)
+        for shard in self.shards:
+            ids, distances = shard.annoy.get_nns_by_vector(
+                vector, wanted, search_k=search_k or shard.search_k, include_distances=True)
+            item_ids = shard.metadata.column("item_id").take(ids).to_pylist() if ids else []
+            found.extend((1.0 - d * d / 2.0, item_id, shard, i)
+                         for i, d, item_id in zip(ids, distances, item_ids))
         excluded = set(exclude)
-        hits = [hit for hit in hits if hit.item_id not in excluded]
-        return sorted(hits, key=lambda hit: (-hit.score, hit.item_id))[:k]
+        best = sorted((hit for hit in found if hit[1] not in excluded),
+                      key=lambda hit: (-hit[0], hit[1]))[:k]
+        return [Hit(item_id, score, shard.row(annoy_id))
+                for score, item_id, shard, annoy_id in best]
 
     def query_item(self, item_id: str, k: int = 10) -> List[Hit]:
         """More like this: the k items nearest to an indexed item, the item itself left out."""
@@ -151,6 +188,10 @@ class PublishedIndex:
     def model(self, spec: Optional[str] = None, runtime: str = "auto"):
         """The model that built this version (or ``spec``), refused unless its fingerprint
         matches the manifest's."""
+        with self._lock:  # concurrent first queries load the model once
+            return self._load_model(spec, runtime)
+
+    def _load_model(self, spec: Optional[str], runtime: str):
         if self._model is None or spec is not None:
             from models.loader import load_model
 
@@ -166,60 +207,51 @@ class PublishedIndex:
         return self._model
 
     def query_text(self, text: str, k: int = 10) -> List[Hit]:
-        """BM25 over each item's caption and passthrough text (title, category, ...)."""
-        if self._text_index is None:
-            self._text_index = _TextIndex(list(self.rows.values()))
-        return self._text_index.search(text, k)
+        """BM25 over each item's caption and text columns (title, category, ...), with the
+        text index the build wrote."""
+        with self._lock:
+            if self._text_index is None:
+                self._text_index = self._open_text_index()
+        return [Hit(row["item_id"], score, row) for row, score in (
+            (self.shards[shard].row(annoy_id), score)
+            for shard, annoy_id, score in self._text_index.search(text, k))]
 
-
-class _TextIndex:
-    def __init__(self, rows: List[dict]):
-        import bm25s
-
-        self.rows = rows
-        passthrough = [name for name in (rows[0] if rows else {})
-                       if name not in _NOT_TEXT and isinstance(rows[0].get(name), (str, type(None)))]
-        documents = [" ".join(str(row.get(name) or "") for name in (*TEXT_FIELDS, *passthrough))
-                     for row in rows]
-        self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(documents, stopwords="en", show_progress=False),
-                             show_progress=False)
-
-    def search(self, text: str, k: int) -> List[Hit]:
-        import bm25s
-
-        query = bm25s.tokenize([text], stopwords="en", show_progress=False)
-        if not self.rows or not query.vocab:
-            return []
-        ids, scores = self.retriever.retrieve(query, k=min(k, len(self.rows)),
-                                              show_progress=False)
-        return [Hit(self.rows[i]["item_id"], float(score), self.rows[i])
-                for i, score in zip(ids[0], scores[0]) if score > 0]
-
-
-_NOT_TEXT = {"item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "height",
-             "labels", "colors", *TEXT_FIELDS}
+    def _open_text_index(self) -> TextIndex:
+        if not self.manifest.get("text_index"):
+            raise IndexIntegrityError(f"version {self.version_id} has no text index (it was "
+                                      "built before text indexes were): rebuild it")
+        return TextIndex(os.path.join(self.local_dir, TEXT_DIR),
+                         [shard["items"] for shard in self.manifest["index"]["shards"]])
 
 
 def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
-    """Make every shard's index and metadata file available under ``local_dir`` and check
-    them against the manifest's sha256. A cached copy that no longer matches (the version
-    was rebuilt with --replace) is downloaded again, once."""
+    """Make every file of the version (shards' index and metadata, the text index) available
+    under ``local_dir`` and check them against the manifest's sha256, several files at a
+    time (hashing releases the GIL). A cached copy that no longer matches (the version was
+    rebuilt with --replace) is downloaded again, once."""
+    files = [(entry["file"], entry["sha256"])
+             for entry in (manifest.get("text_index") or {}).get("files", [])]
     for shard in manifest["index"]["shards"]:
-        for relative, digest in ((shard["index_file"], shard["sha256"]),
-                                 (shard["metadata_file"], shard.get("metadata_sha256"))):
-            local = os.path.join(local_dir, relative)
-            remote = join(folder, relative)
-            if storage.is_gcs(folder) and not _matches(local, digest):
-                try:
-                    storage.atomic_local_write(
-                        local, lambda tmp, remote=remote: storage.download_file(remote, tmp))
-                except Exception as error:
-                    raise IndexIntegrityError(f"{remote}: {error}") from None
-            if not os.path.exists(local):
-                raise IndexIntegrityError(f"{remote} is missing")
-            if not _matches(local, digest):
-                raise IndexIntegrityError(f"{remote}: sha256 differs from the manifest")
+        files += [(shard["index_file"], shard["sha256"]),
+                  (shard["metadata_file"], shard.get("metadata_sha256"))]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda entry: _fetch_and_verify_file(folder, local_dir, *entry), files))
+
+
+def _fetch_and_verify_file(folder: str, local_dir: str, relative: str,
+                           digest: Optional[str]) -> None:
+    local = os.path.join(local_dir, relative)
+    remote = join(folder, relative)
+    if storage.is_gcs(folder) and not _matches(local, digest):
+        try:
+            storage.atomic_local_write(
+                local, lambda tmp: storage.download_file(remote, tmp))
+        except Exception as error:
+            raise IndexIntegrityError(f"{remote}: {error}") from None
+    if not os.path.exists(local):
+        raise IndexIntegrityError(f"{remote} is missing")
+    if not _matches(local, digest):
+        raise IndexIntegrityError(f"{remote}: sha256 differs from the manifest")
 
 
 def _matches(local: str, digest: Optional[str]) -> bool:

@@ -68,7 +68,7 @@ def test_merged_shard_results_equal_exact_search(built):
             for row in pq.read_table(os.path.join(folder, "embeddings", name)).to_pylist()]
     ids = [row["item_id"] for row in rows]
     vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
-    assert len(index.shards) == 3 and all(annoy.get_n_items() for annoy, _, _ in index.shards)
+    assert len(index.shards) == 3 and all(shard.annoy.get_n_items() for shard in index.shards)
     exhaustive = len(ids) * 64
     for query in range(0, len(ids), 7):
         scores = vectors @ vectors[query]
@@ -88,7 +88,7 @@ def test_more_like_this_leaves_the_item_out(built):
 
 def test_text_query_returns_items_whose_caption_has_the_word(built):
     _, index = built
-    cat_items = {item for item, row in index.rows.items() if "cat" in row["caption"].split()}
+    cat_items = {item for item in index.item_ids() if "cat" in index.item(item)["caption"].split()}
     assert cat_items  # chelsea is captioned as a cat
     hits = index.query_text("cat", k=10)
     assert {hit.item_id for hit in hits} == cat_items
@@ -156,3 +156,77 @@ def test_tampered_metadata_is_refused(index_copy):
     part.write_bytes(part.read_bytes()[:-1] + b"\0")
     with pytest.raises(IndexIntegrityError, match="metadata/part-00002-of-00003.parquet: sha256"):
         PublishedIndex.open(str(index_copy))
+
+
+def reference_reader(output, version="v1"):
+    """The reader as it was before it kept metadata in Arrow: every row a dict, by annoy id
+    per shard, and a BM25 index built on open from the rows in shard order."""
+    from annoy import AnnoyIndex
+    import bm25s
+
+    folder = version_dir(output, version)
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    shards, rows = [], []
+    for shard in manifest["index"]["shards"]:
+        annoy = AnnoyIndex(manifest["model"]["embedding_dim"], "angular")
+        annoy.load(os.path.join(folder, shard["index_file"]))
+        table = pq.read_table(os.path.join(folder, shard["metadata_file"])).to_pylist()
+        shards.append((annoy, {row["annoy_id"]: row for row in table}, shard["search_k"]))
+        rows.extend(table)
+    passthrough = [name for name in rows[0] if name not in {
+        "item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "height", "labels",
+        "colors", "caption"}]
+    bm25 = bm25s.BM25()
+    bm25.index(bm25s.tokenize([" ".join(str(row.get(name) or "") for name in
+                                        ("caption", *passthrough)) for row in rows],
+                              stopwords="en", show_progress=False), show_progress=False)
+
+    def query_item(item_id, k):
+        row = next(row for row in rows if row["item_id"] == item_id)
+        vector = np.asarray(shards[row["shard"]][0].get_item_vector(row["annoy_id"]), np.float32)
+        vector /= max(float(np.linalg.norm(vector)), 1e-12)
+        hits = []
+        for annoy, by_id, search_k in shards:
+            ids, distances = annoy.get_nns_by_vector(vector, k + 1, search_k=search_k,
+                                                     include_distances=True)
+            hits += [(1.0 - d * d / 2.0, by_id[i]["item_id"]) for i, d in zip(ids, distances)]
+        return [item for score, item in sorted(hits, key=lambda h: (-h[0], h[1]))
+                if item != item_id][:k]
+
+    def query_text(text, k):
+        query = bm25s.tokenize([text], stopwords="en", show_progress=False)
+        ids, scores = bm25.retrieve(query, k=min(k, len(rows)), show_progress=False)
+        return [rows[i]["item_id"] for i, score in zip(ids[0], scores[0]) if score > 0]
+
+    return query_item, query_text
+
+
+def test_arrow_reader_answers_as_the_dict_reader_did(built):
+    output, index = built
+    query_item, query_text = reference_reader(output)
+    item_ids = list(index.item_ids())
+    assert len(item_ids) == len(index) == len(set(item_ids))
+    for item_id in item_ids:
+        assert [hit.item_id for hit in index.query_item(item_id, k=10)] == \
+            query_item(item_id, 10), item_id
+        assert index.item(item_id)["item_id"] == item_id
+    for text in ("cat", "coffee espresso", "rocket", "face", "gray"):
+        assert [hit.item_id for hit in index.query_text(text, k=10)] == query_text(text, 10)
+    with pytest.raises(KeyError):
+        index.item("no-such-item")
+
+
+def test_the_text_index_is_a_checksummed_file_of_the_version(built, tmp_path):
+    output, _ = built
+    folder = version_dir(output, "v1")
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    files = manifest["text_index"]["files"]
+    assert files and manifest["text_index"]["documents"] == manifest["counts"]["indexed"]
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    damaged = os.path.join(version_dir(str(copy), "v1"), files[0]["file"])
+    with open(damaged, "r+b") as stream:
+        stream.seek(os.path.getsize(damaged) // 2)
+        stream.write(b"\x00\x01")
+    with pytest.raises(IndexIntegrityError, match="sha256"):
+        PublishedIndex.open(str(copy))

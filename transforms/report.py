@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import io
 import json
 import tempfile
@@ -51,9 +52,10 @@ def _thumbnail(row: dict):
 
 def sample_queries(index) -> list:
     """A fixed handful of items (by hash of item_id) and their nearest neighbours."""
-    chosen = sorted(index.rows, key=lambda item: hashlib.sha256(item.encode()).hexdigest())
+    chosen = heapq.nsmallest(SAMPLE_QUERIES, index.item_ids(),
+                             key=lambda item: hashlib.sha256(item.encode()).hexdigest())
     samples = []
-    for item_id in chosen[:SAMPLE_QUERIES]:
+    for item_id in chosen:
         row = index.item(item_id)
         hits = index.query_item(item_id, NEIGHBOURS)
         samples.append(SampleQuery(item_id, row["caption"], _thumbnail(row), [

@@ -26,7 +26,8 @@ class _ValidateVersion(beam.DoFn):
     def __init__(self, build: dict):
         self.build = build  # version_id, version_dir, model, index options, source, options
 
-    def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written):
+    def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written,
+                text_index):
         build = self.build
         shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
@@ -68,6 +69,7 @@ class _ValidateVersion(beam.DoFn):
                       "recall_target": build["gate"]["min_recall"],
                       "shards": [{key: entry[key] for key in SHARD_KEYS}
                                  for entry in shard_entries]},
+            "text_index": text_index,
             "counts": counts,
             "quality": quality,
             "validation": {"passed": not problems, "problems": problems, "gate": gate},
@@ -136,11 +138,13 @@ def quality_gate(quality: dict, thresholds: dict, model: dict, previous) -> list
 class Validate(beam.PTransform):
     """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
 
-    def __init__(self, build: dict, num_shards, input_count, errors, errors_written):
+    def __init__(self, build: dict, num_shards, input_count, errors, errors_written,
+                 text_index):
         super().__init__()
         self.build = build
         self.num_shards, self.input_count = num_shards, input_count
         self.errors, self.errors_written = errors, errors_written
+        self.text_index = text_index
 
     def expand(self, shard_summaries):
         errors_by_stage = count_errors_by_stage(self.errors)
@@ -152,4 +156,5 @@ class Validate(beam.PTransform):
                     beam.pvalue.AsSingleton(self.num_shards),
                     beam.pvalue.AsSingleton(self.input_count),
                     beam.pvalue.AsSingleton(errors_by_stage),
-                    beam.pvalue.AsList(self.errors_written)))
+                    beam.pvalue.AsList(self.errors_written),
+                    beam.pvalue.AsSingleton(self.text_index)))

@@ -1,0 +1,54 @@
+"""BuildTextIndex: the version's text index (catalog_index.text_index), built once every
+shard's metadata is written, from those files; its files are checksummed in the manifest."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+
+from catalog_index import storage
+from catalog_index.schema import join
+from catalog_index.storage import sha256_of_file
+from catalog_index.text_index import TEXT_DIR, build_text_index
+
+
+class _BuildTextIndex(beam.DoFn):
+    def __init__(self, version_dir: str):
+        self.version_dir = version_dir
+
+    def process(self, _unused, shard_summaries):
+        shards = sorted(shard_summaries, key=lambda summary: summary["shard"])
+        with tempfile.TemporaryDirectory() as scratch:
+            tables = []
+            for summary in shards:
+                local = os.path.join(scratch, f"metadata-{summary['shard']}.parquet")
+                storage.download_file(join(self.version_dir, summary["metadata_file"]), local)
+                tables.append(pq.read_table(local))
+            folder = os.path.join(scratch, TEXT_DIR)
+            names = build_text_index(tables, folder)
+            del tables
+            files = []
+            for name in names:
+                relative = f"{TEXT_DIR}/{name}"
+                local = os.path.join(folder, name)
+                files.append({"file": relative, "bytes": os.path.getsize(local),
+                              "sha256": sha256_of_file(local)})
+                storage.upload_file(local, join(self.version_dir, relative))
+        yield {"library": "bm25s", "documents": sum(s["items"] for s in shards), "files": files}
+
+
+class BuildTextIndex(beam.PTransform):
+    """Shard summaries -> one dict for the manifest's ``text_index``."""
+
+    def __init__(self, version_dir: str):
+        super().__init__()
+        self.version_dir = version_dir
+
+    def expand(self, shard_summaries):
+        return (shard_summaries.pipeline
+                | "Once" >> beam.Create([None])
+                | "BuildTextIndex" >> beam.ParDo(_BuildTextIndex(self.version_dir),
+                                                 beam.pvalue.AsList(shard_summaries)))
