@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from catalog_index import storage
 from catalog_index.schema import join
 from catalog_index.storage import sha256_of_file
-from catalog_index.text_index import TEXT_DIR, build_text_index
+from catalog_index.text_index import TEXT_DIR, build_text_index, text_columns
 
 
 class _BuildTextIndex(beam.DoFn):
@@ -26,7 +26,7 @@ class _BuildTextIndex(beam.DoFn):
             for summary in shards:
                 local = os.path.join(scratch, f"metadata-{summary['shard']}.parquet")
                 storage.download_file(join(self.version_dir, summary["metadata_file"]), local)
-                tables.append(pq.read_table(local))
+                tables.append(pq.read_table(local, columns=text_columns(pq.read_schema(local))))
             folder = os.path.join(scratch, TEXT_DIR)
             names = build_text_index(tables, folder)
             del tables

@@ -1,0 +1,251 @@
+"""Scale: does the build's memory stay flat as the catalog grows, and does the reader open
+and answer fast at a million items?
+
+    .venv/bin/python -m benchmarks.scale build [--sizes 10000,30000,100000]
+    .venv/bin/python -m benchmarks.scale reader-1m [--items 1000000]
+
+``build``: catalogs of real product images (the 70,000 Fashion-MNIST images of the Debian
+package ``dataset-fashion-mnist``, saved as 28x28 PNGs; past 70,000, mirrored copies as new
+items), one CSV row each with a title and a category. Each is built with default options
+by ``catalog-index build`` under ``/usr/bin/time -v``, and this prints wall time, images/s,
+peak RSS, and RSS per item; then, against each published version, the reader's open time,
+anonymous memory (``RssAnon``: memory-mapped files not counted) and p50/p99 latency of item
+and text queries, each measured in a fresh process.
+
+``reader-1m``: a version of 1,000,000 synthetic items (1,280-d vectors around 2,000
+centres, so that Annoy behaves as on real embeddings; metadata shaped like the build's)
+written by the build's own shard and text-index code, then opened and queried as above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+CLI = os.path.join(os.path.dirname(PYTHON), "catalog-index")
+TEXT_QUERIES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                "sneaker", "bag", "ankle boot")
+
+
+def write_catalog(folder: str, count: int) -> str:
+    """``count`` Fashion-MNIST items (mirrored copies past 70,000) as PNGs and a CSV."""
+    from PIL import Image
+
+    from pipelines.demo import FASHION_CLASSES, load_fashion_mnist
+
+    train, train_labels = load_fashion_mnist("train")
+    test, test_labels = load_fashion_mnist("t10k")
+    images, labels = np.concatenate([train, test]), np.concatenate([train_labels, test_labels])
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    catalog = os.path.join(folder, f"catalog-{count}.csv")
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title", "category"])
+        for n in range(count):
+            source = n % len(images)
+            path = os.path.join("images", f"fm-{n:06d}.png")
+            if not os.path.exists(os.path.join(folder, path)):
+                image = images[source] if n < len(images) else images[source][:, ::-1]
+                Image.fromarray(np.ascontiguousarray(image)).save(os.path.join(folder, path))
+            category = FASHION_CLASSES[labels[source]]
+            writer.writerow([f"fm-{n:06d}", path, f"{category} #{n}", category])
+    return catalog
+
+
+def timed_build(catalog: str, output: str) -> dict:
+    """``catalog-index build`` with default options under /usr/bin/time -v."""
+    started = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", CLI, "build", "--catalog", catalog,
+                           "--output", output], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
+    return {"exit": done.returncode, "wall_s": wall, "peak_rss_bytes": peak_kb * 1024,
+            "summary": done.stdout.strip().splitlines()[:1],
+            "progress_lines": sum(line.startswith("progress:")
+                                  for line in done.stderr.splitlines())}
+
+
+def measure_reader(root: str, queries: int = 200) -> dict:
+    """Open ``root``'s LATEST in a fresh process and time item and text queries there."""
+    done = subprocess.run([PYTHON, "-m", "benchmarks.scale", "reader-probe", root,
+                           "--queries", str(queries)],
+                          capture_output=True, text=True, cwd=HERE)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith(field)).split()[1])
+
+
+def reader_probe(root: str, queries: int) -> dict:
+    from search import PublishedIndex
+
+    before = _rss_kb("RssAnon:")
+    started = time.perf_counter()
+    index = PublishedIndex.open(root, cache_dir=os.path.join(root, ".cache"))
+    open_s = time.perf_counter() - started
+    anon_after_open = _rss_kb("RssAnon:")
+    count = len(index)
+    rng = np.random.default_rng(0)
+    shard_sizes = [shard.metadata.num_rows for shard in index.shards]
+    picks = []
+    for _ in range(queries):
+        shard = int(rng.integers(len(shard_sizes)))
+        if shard_sizes[shard]:
+            picks.append(index.shards[shard].metadata.column("item_id")[
+                int(rng.integers(shard_sizes[shard]))].as_py())
+    item_ms, text_ms = [], []
+    for item_id in picks:
+        started = time.perf_counter()
+        index.query_item(item_id, k=10)
+        item_ms.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    index.query_text(TEXT_QUERIES[0], k=10)  # the first text query maps the text index
+    text_open_s = time.perf_counter() - started
+    for n in range(queries):
+        started = time.perf_counter()
+        index.query_text(TEXT_QUERIES[n % len(TEXT_QUERIES)], k=10)
+        text_ms.append((time.perf_counter() - started) * 1000)
+    return {"items": count, "open_s": round(open_s, 3),
+            "rss_anon_mb_before_open": before // 1024,
+            "rss_anon_mb_after_open": anon_after_open // 1024,
+            "rss_anon_mb_after_queries": _rss_kb("RssAnon:") // 1024,
+            "rss_mb_after_queries": _rss_kb("VmRSS:") // 1024,
+            "item_query_ms_p50": round(float(np.percentile(item_ms, 50)), 3),
+            "item_query_ms_p99": round(float(np.percentile(item_ms, 99)), 3),
+            "first_text_query_s": round(text_open_s, 3),
+            "text_query_ms_p50": round(float(np.percentile(text_ms, 50)), 3),
+            "text_query_ms_p99": round(float(np.percentile(text_ms, 99)), 3)}
+
+
+def run_builds(sizes, work: str) -> None:
+    rows = []
+    for size in sizes:
+        catalog = write_catalog(os.path.join(work, "catalog"), size)
+        output = os.path.join(work, f"index-{size}")
+        subprocess.run(["rm", "-rf", output], check=True)
+        build = timed_build(catalog, output)
+        reader = measure_reader(output) if build["exit"] == 0 else {}
+        rows.append({"items": size, **build, **reader})
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| items | exit | wall s | images/s | peak RSS MB | RSS bytes/item | reader open s "
+          "| reader RssAnon MB | item query p50/p99 ms | text query p50/p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['items']:,} | {row['exit']} | {row['wall_s']:.0f} | "
+              f"{row['items'] / row['wall_s']:.1f} | {row['peak_rss_bytes'] / 2**20:,.0f} | "
+              f"{row['peak_rss_bytes'] / row['items']:,.0f} | {row.get('open_s', '-')} | "
+              f"{row.get('rss_anon_mb_after_queries', '-')} | "
+              f"{row.get('item_query_ms_p50', '-')}/{row.get('item_query_ms_p99', '-')} | "
+              f"{row.get('text_query_ms_p50', '-')}/{row.get('text_query_ms_p99', '-')} |")
+    if len(rows) >= 2:
+        first, last = rows[0], rows[-1]
+        slope = (last["peak_rss_bytes"] - first["peak_rss_bytes"]) / (last["items"] - first["items"])
+        print(f"\npeak RSS slope {first['items']:,} -> {last['items']:,} items: "
+              f"{slope:,.0f} bytes per item")
+
+
+def write_synthetic_version(root: str, items: int, dimension: int = 1280,
+                            per_shard: int = 100_000, seed: int = 0) -> None:
+    """A published version of ``items`` synthetic items, written by the build's own code."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from catalog_index import ann
+    from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION, version_dir
+    from catalog_index.storage import sha256_of_file
+    from catalog_index.text_index import TEXT_DIR, build_text_index
+    from pipelines.demo import FASHION_CLASSES
+    from transforms.shard import BuildShard, shard_count, shard_of
+
+    folder = version_dir(root, "synthetic")
+    num_shards = shard_count(items, per_shard)
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((2000, dimension)).astype(np.float32)
+    by_shard = [[] for _ in range(num_shards)]
+    for n in range(items):
+        item_id = f"sku-{n:07d}"
+        by_shard[shard_of(item_id, num_shards)].append(n)
+    stage = BuildShard(folder, ["category", "title"], dimension, n_trees=16, seed=42,
+                       target_recall=0.0, model_fingerprint="synthetic")
+    summaries = []
+    for shard, numbers in enumerate(by_shard):
+        def records(numbers=numbers):
+            for n in numbers:
+                cls = FASHION_CLASSES[n % 10]
+                vector = centres[n % 2000] + 0.35 * rng.standard_normal(dimension).astype(np.float32)
+                vector /= np.linalg.norm(vector)
+                yield {"item_id": f"sku-{n:07d}", "image_uri": f"gs://shop/images/{n:07d}.jpg",
+                       "sha256": hashlib.sha256(str(n).encode()).hexdigest(),
+                       "width": 800, "height": 800, "caption": f"gray {cls.lower()}",
+                       "labels": [{"label": f"label-{(n + k) % 1000}", "score": 0.1}
+                                  for k in range(5)],
+                       "colors": [{"name": "gray", "fraction": 0.6}],
+                       "passthrough": {"title": f"{cls} #{n}", "category": cls},
+                       "__vector": vector.tobytes()}
+        summaries.append(stage.build(shard, records(), num_shards))
+        print(f"synthetic shard {shard + 1}/{num_shards} written", file=sys.stderr, flush=True)
+    tables = [pq.read_table(os.path.join(folder, summary["metadata_file"]),
+                            columns=["caption", "category", "title"]) for summary in summaries]
+    names = build_text_index(tables, os.path.join(folder, TEXT_DIR))
+    del tables
+    manifest = {"schema_version": SCHEMA_VERSION, "version_id": "synthetic",
+                "model": {"name": "synthetic", "fingerprint": "synthetic",
+                          "embedding_dim": dimension},
+                "index": {"metric": ann.ANNOY_METRIC, "num_shards": num_shards,
+                          "shards": summaries},
+                "text_index": {"library": "bm25s", "documents": items, "files": [
+                    {"file": f"{TEXT_DIR}/{name}",
+                     "sha256": sha256_of_file(os.path.join(folder, TEXT_DIR, name))}
+                    for name in names]},
+                "counts": {"input": items, "indexed": items}, "pipeline_options": {}}
+    with open(os.path.join(folder, MANIFEST_FILE), "w") as stream:
+        json.dump(manifest, stream)
+    with open(os.path.join(root, LATEST_FILE), "w") as stream:
+        stream.write("synthetic\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build")
+    build.add_argument("--sizes", default="10000,30000,100000")
+    build.add_argument("--work", default="/tmp/catalog-index-scale")
+    million = commands.add_parser("reader-1m")
+    million.add_argument("--items", type=int, default=1_000_000)
+    million.add_argument("--work", default="/tmp/catalog-index-scale/synthetic")
+    million.add_argument("--reuse", action="store_true", help="keep an existing version")
+    probe = commands.add_parser("reader-probe")
+    probe.add_argument("root")
+    probe.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    if args.command == "build":
+        run_builds([int(size) for size in args.sizes.split(",")], args.work)
+    elif args.command == "reader-1m":
+        if not (args.reuse and os.path.exists(os.path.join(args.work, "LATEST"))):
+            subprocess.run(["rm", "-rf", args.work], check=True)
+            started = time.perf_counter()
+            write_synthetic_version(args.work, args.items)
+            print(f"written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(json.dumps(measure_reader(args.work)))
+    else:
+        print(json.dumps(reader_probe(args.root, args.queries)))
+
+
+if __name__ == "__main__":
+    main()
