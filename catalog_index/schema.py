@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import re
 
 import pyarrow as pa
 
@@ -82,8 +83,36 @@ def join(*parts: str) -> str:
     return posixpath.join(*parts) if "://" in parts[0] else os.path.join(*parts)
 
 
+# One grammar for version ids, wherever one is read or written (a build's --version-id,
+# LATEST, query --version, rollback): a single folder name, never a path.
+VERSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# What a manifest may name as a file of its version: a relative path below the version.
+VERSION_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
+
+
+class InvalidVersionId(ValueError):
+    """A version id outside the grammar (it could name a folder outside the root)."""
+
+
+def check_version_id(version_id) -> str:
+    if not isinstance(version_id, str) or not VERSION_ID.fullmatch(version_id) \
+            or ".." in version_id:
+        raise InvalidVersionId(f"{str(version_id)[:80]!r} is not a version id (letters, "
+                               "digits, '.', '_', '-', starting with a letter or digit; "
+                               "128 at most)")
+    return version_id
+
+
+def check_version_file(relative) -> str:
+    if not isinstance(relative, str) or not VERSION_FILE.fullmatch(relative) \
+            or ".." in relative.split("/"):
+        raise InvalidVersionId(f"{str(relative)[:80]!r} is not a file inside a version")
+    return relative
+
+
 def version_dir(root: str, version_id: str) -> str:
-    return join(root, VERSIONS_DIR, version_id)
+    """The folder of ``version_id`` under ``root``; the id is checked first."""
+    return join(root, VERSIONS_DIR, check_version_id(version_id))
 
 
 def shard_suffix(shard: int, num_shards: int) -> str:

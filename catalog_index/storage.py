@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 import time
 from typing import List, Optional, Tuple
@@ -98,6 +99,43 @@ def read_bytes(path: str) -> bytes:
             raise FileNotFoundError(f"no such object: {path}") from None
     with open(path, "rb") as stream:
         return stream.read()
+
+
+# Image files above this are refused before they are read (the build's --max-image-bytes).
+DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
+
+
+class ImageFileError(StorageError):
+    """Not a file to read as an image: not a regular file, or larger than the limit."""
+
+
+def read_image_bytes(path: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """A whole image file or object, bounded: only regular files and objects (never a FIFO,
+    device or folder, which could block or never end), and at most ``max_bytes``, checked
+    before the read and enforced during it."""
+    if is_gcs(path):
+        from google.api_core import exceptions
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:  # one request: the first max_bytes + 1 bytes say whether it is too large
+            data = _blob(path).download_as_bytes(start=0, end=max_bytes, retry=DEFAULT_RETRY)
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"no such object: {path}") from None
+        except exceptions.RequestRangeNotSatisfiable:
+            return b""  # an empty object
+        if len(data) > max_bytes:
+            raise ImageFileError(f"larger than the {max_bytes:,}-byte limit")
+        return data
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise ImageFileError("not a regular file (a folder, FIFO or device)")
+    if status.st_size > max_bytes:
+        raise ImageFileError(f"{status.st_size:,} bytes, larger than the {max_bytes:,}-byte limit")
+    with open(path, "rb") as stream:
+        data = stream.read(max_bytes + 1)  # the file may have grown since stat
+    if len(data) > max_bytes:
+        raise ImageFileError(f"larger than the {max_bytes:,}-byte limit")
+    return data
 
 
 def read_text(path: str) -> str:

@@ -137,8 +137,9 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         image = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
+        # Never the bytes themselves: a catalog may name any file, and messages are published.
         raise UnsupportedImageError(
-            f"not a recognized image format (first bytes: {data[:12]!r})") from None
+            f"not an image: no known image format ({len(data):,} bytes)") from None
     except Exception as error:  # PIL raises many types for broken headers
         raise CorruptImageError(f"unreadable image header: {error}") from None
     width, height = image.size

@@ -26,7 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from catalog_index import storage
 from catalog_index.progress import ProgressReporter
-from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
+from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId,
+                                  check_version_id, join, version_dir)
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from pipelines.console import quiet_output
@@ -78,15 +79,12 @@ def _shard_count(text: str):
     return "auto" if text == "auto" else _positive_int(text)
 
 
-VERSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
 def _version_id(text: str) -> str:
     """A folder name: letters, digits, '.', '_' and '-' (no slashes, no '..' tricks)."""
-    if not VERSION_ID.match(text) or ".." in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a version id (letters, digits, '.', '_', '-'; 128 at most)")
-    return text
+    try:
+        return check_version_id(text)
+    except InvalidVersionId as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _boolean(text: str) -> bool:
@@ -162,6 +160,9 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("precision", choices=PRECISIONS, default="float32",
            help="float32 (default) or mixed (float16 compute on a GPU, float32 "
                 "embeddings; Keras runtime only)")
+    option("max-image-bytes", type=_positive_int, default=storage.DEFAULT_MAX_IMAGE_BYTES,
+           metavar="N", help="image files larger than this are refused before they are "
+           f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
 
@@ -214,7 +215,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     out_dir = build["version_dir"]
     model_info = build["model_info"]
     catalog = pipeline | "ReadCatalog" >> ReadCatalog(args.catalog)
-    fetched = catalog["items"] | "FetchImages" >> FetchImages()
+    fetched = catalog["items"] | "FetchImages" >> FetchImages(args.max_image_bytes)
     decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, args.runtime,
@@ -268,12 +269,16 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     passthrough = catalog_columns(args.catalog)
     version_id = args.version_id or default_version_id()
     out_dir = version_dir(args.output, version_id)
+    latest_version, latest_token = read_latest_version(args.output)
     if storage.exists(out_dir):
         if not args.replace:
             raise UsageError(f"version {version_id} already exists at {out_dir}; choose "
                              "another --version-id, or pass --replace to rebuild it")
+        if version_id == latest_version:
+            raise UsageError(f"version {version_id} is the published one (LATEST names it): "
+                             "--replace would take it away from readers; build another "
+                             "--version-id")
         storage.delete_tree(out_dir)
-    latest_version, latest_token = storage.read_latest(join(args.output, LATEST_FILE))
     # Workers choose their runtime on their own hardware (--runtime auto: Keras on a GPU,
     # TFLite on CPU). A remote runner's launcher has no GPU: it loads the model only to learn
     # its fingerprint and shape, which do not depend on the runtime.
@@ -297,11 +302,22 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                      "allow_model_change": args.allow_model_change}}
 
 
+def read_latest_version(output_root: str):
+    """-> (the version id LATEST names, or None; the token to publish against)."""
+    path = join(output_root, LATEST_FILE)
+    try:
+        content, token = storage.read_latest(path)
+        return (None if content is None else check_version_id(content.strip())), token
+    except (InvalidVersionId, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} does not hold a version id ({error}); fix it with "
+                         "catalog-index rollback") from None
+
+
 def previous_version_summary(output_root: str, latest_version: Optional[str]) -> Optional[dict]:
     """What the gate compares against: the published version's size and model."""
     if not latest_version:
         return None
-    manifest_path = join(version_dir(output_root, latest_version.strip()), MANIFEST_FILE)
+    manifest_path = join(version_dir(output_root, latest_version), MANIFEST_FILE)
     manifest = json.loads(storage.read_text(manifest_path))
     return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
             "model_fingerprint": manifest["model"]["fingerprint"],

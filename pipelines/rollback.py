@@ -15,7 +15,8 @@ import sys
 from typing import List, Optional
 
 from catalog_index import storage
-from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join, version_dir
+from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId,
+                                  check_version_id, join, version_dir)
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -26,14 +27,19 @@ def run(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="publish a version even though it failed validation")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_version_id(args.version)
+    except InvalidVersionId as error:
+        print(f"catalog-index rollback: error: --version: {error}", file=sys.stderr)
+        return 2
     latest_path = join(args.index, LATEST_FILE)
     try:
         current, token = storage.read_latest(latest_path)
         manifest = json.loads(storage.read_text(
             join(version_dir(args.index, args.version), MANIFEST_FILE)))
-        if not manifest["validation"]["passed"] and not args.force:
+        if not manifest.get("validation", {}).get("passed") and not args.force:
             raise ValueError(f"version {args.version} failed validation ("
-                             + "; ".join(manifest["validation"]["problems"])
+                             + "; ".join(manifest.get("validation", {}).get("problems", []))
                              + "); pass --force to publish it anyway")
         storage.replace_latest(latest_path, args.version + "\n", token)
     except FileNotFoundError:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from catalog_index import storage
 from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
+                                  InvalidVersionId, check_version_file, check_version_id,
                                   join, shard_of, version_dir)
 from catalog_index.text_index import TEXT_DIR, TextIndex
 
@@ -101,15 +102,25 @@ class PublishedIndex:
              cache_dir: Optional[str] = None) -> "PublishedIndex":
         """Open ``version``, or the one ``ROOT/LATEST`` names."""
         if version is None:
-            latest = storage.read_optional_text(join(root, LATEST_FILE))
+            latest_path = join(root, LATEST_FILE)
+            try:
+                latest = storage.read_optional_text(latest_path)
+            except UnicodeDecodeError:
+                raise IndexIntegrityError(f"{latest_path} is not text") from None
             if not latest:
-                raise FileNotFoundError(f"{join(root, LATEST_FILE)}: no published version")
-            version = latest.strip()
+                raise FileNotFoundError(f"{latest_path}: no published version")
+            try:
+                version = check_version_id(latest.strip())
+            except InvalidVersionId as error:
+                raise IndexIntegrityError(f"{latest_path}: {error}") from None
         folder = version_dir(root, version)
+        manifest_path = join(folder, MANIFEST_FILE)
         try:
-            manifest = json.loads(storage.read_text(join(folder, MANIFEST_FILE)))
+            manifest = json.loads(storage.read_text(manifest_path))
         except FileNotFoundError:
             raise FileNotFoundError(f"{folder}: no manifest.json (not a complete version)") from None
+        except (ValueError, UnicodeDecodeError) as error:
+            raise IndexIntegrityError(f"{manifest_path}: not valid JSON ({error})") from None
         return cls.from_manifest(root, manifest, cache_dir)
 
     @classmethod
@@ -234,6 +245,11 @@ def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
     for shard in manifest["index"]["shards"]:
         files += [(shard["index_file"], shard["sha256"]),
                   (shard["metadata_file"], shard.get("metadata_sha256"))]
+    for relative, _ in files:
+        try:
+            check_version_file(relative)
+        except InvalidVersionId as error:
+            raise IndexIntegrityError(f"{folder}/manifest.json: {error}") from None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(lambda entry: _fetch_and_verify_file(folder, local_dir, *entry), files))
 

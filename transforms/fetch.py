@@ -15,22 +15,26 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from catalog_index import storage
 from transforms.errors import ERRORS, counter, dead_letter
 
-def read_image_bytes(uri: str) -> bytes:
-    if storage.is_gcs(uri) or "://" not in uri:
-        return storage.read_bytes(uri)
-    with FileSystems.open(uri) as stream:  # any other file system Beam knows
-        return stream.read()
+class UnsupportedUri(ValueError):
+    """An image URI of a scheme other than gs:// or a local path."""
 
 
-def _fetch(item: dict):
+def read_image_bytes(uri: str, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """An image's bytes: a regular local file or a gs:// object of at most ``max_bytes``."""
+    if not storage.is_gcs(uri) and "://" in uri:
+        raise UnsupportedUri(f"unsupported URI scheme {uri.split('://')[0][:20]!r}: image "
+                             "URIs are local paths or gs://")
+    return storage.read_image_bytes(uri, max_bytes)
+
+
+def _fetch(item: dict, max_bytes: int):
     try:
-        return item, read_image_bytes(item["image_uri"]), None
-    except Exception as error:  # missing, forbidden, unreachable: all dead letters
+        return item, read_image_bytes(item["image_uri"], max_bytes), None
+    except Exception as error:  # missing, forbidden, unreachable, too large: dead letters
         return item, None, error
 
 
@@ -45,11 +49,15 @@ def _is_remote(item: dict) -> bool:
 
 
 class FetchImageBatch(beam.DoFn):
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
     def process(self, batch):
         # Remote objects are downloaded many at a time; a local file is read in about 15 us,
         # less than handing it to a pool thread and back costs.
         fetch_all = download_pool().map if any(map(_is_remote, batch)) else map
-        for item, data, error in fetch_all(_fetch, batch):
+        fetch = functools.partial(_fetch, max_bytes=self.max_bytes)
+        for item, data, error in fetch_all(fetch, batch):
             if error is not None:
                 yield dead_letter(item, "fetch", error)
                 continue
@@ -60,11 +68,12 @@ class FetchImageBatch(beam.DoFn):
 class FetchImages(beam.PTransform):
     """items -> items with ``image_bytes`` and ``sha256``; failures tagged ``errors``."""
 
-    def __init__(self, batch_size: int = 64):
+    def __init__(self, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES, batch_size: int = 64):
         super().__init__()
-        self.batch_size = batch_size
+        self.max_bytes, self.batch_size = max_bytes, batch_size
 
     def expand(self, items):
         return (items
                 | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "Fetch" >> beam.ParDo(FetchImageBatch()).with_outputs(ERRORS, main="items"))
+                | "Fetch" >> beam.ParDo(FetchImageBatch(self.max_bytes)).with_outputs(
+                    ERRORS, main="items"))

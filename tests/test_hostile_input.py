@@ -1,0 +1,164 @@
+"""Careless and hostile input (issue 17): each case is one row of a table, run against one
+small real catalog. A row names what the user does and what must come out: the exit status,
+a one-line message, and what must hold of the files afterwards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+
+from catalog_index.schema import version_dir
+from pipelines.build_index import run as build
+from pipelines.rollback import run as rollback
+from search.cli import run as query
+from tests.real_images import encode, write_files
+
+PHOTOS = ("coffee", "chelsea", "rocket", "astronaut", "camera", "china")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, photos, model_cache):
+    """A catalog with odd rows and files, built and published as v1."""
+    root = tmp_path_factory.mktemp("hostile")
+    paths = write_files(str(root / "img"), {f"{n}.jpg": encode(photos[n]) for n in PHOTOS})
+    secret = root / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    fifo = root / "pipe.jpg"
+    os.mkfifo(fifo)
+    big = root / "big.jpg"
+    with open(big, "wb") as stream:
+        stream.truncate(2_000_000)  # sparse: a large file that costs no disk
+    catalog = root / "catalog.csv"
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title"])
+        for name in PHOTOS:
+            writer.writerow([name, paths[f"{name}.jpg"], f"A {name}"])
+        writer.writerow(["evil\x1b[2Jid", paths["coffee.jpg"], "escape codes in the id"])
+        writer.writerow(["secret", str(secret), "not an image"])
+        writer.writerow(["fifo", str(fifo), "a named pipe"])
+        writer.writerow(["big", str(big), "over the byte limit"])
+        writer.writerow(["folder", str(root / "img"), "a directory"])
+        writer.writerow(["ftp", "ftp://example.invalid/x.jpg", "another scheme"])
+    output = str(root / "out")
+    assert build(["--catalog", str(catalog), "--output", output, "--version-id", "v1",
+                  "--max-image-bytes", "1000000", "--max-failure-rate", "1"]) == 0
+    return root, output
+
+
+def errors_of(output, version="v1"):
+    folder = os.path.join(version_dir(output, version), "errors")
+    rows = [row for name in sorted(os.listdir(folder))
+            for row in pq.read_table(os.path.join(folder, name)).to_pylist()]
+    return {row["item_id"]: row for row in rows}
+
+
+@pytest.mark.parametrize("item_id, stage, error_type, says", [
+    ("secret", "decode", "UnsupportedImageError", "not an image"),
+    ("fifo", "fetch", "ImageFileError", "not a regular file"),
+    ("folder", "fetch", "ImageFileError", "not a regular file"),
+    ("big", "fetch", "ImageFileError", "larger than the 1,000,000-byte limit"),
+    ("ftp", "fetch", "UnsupportedUri", "unsupported URI scheme 'ftp'"),
+])
+def test_bad_images_become_error_rows_without_their_contents(published, item_id, stage,
+                                                             error_type, says):
+    _, output = published
+    row = errors_of(output)[item_id]
+    assert (row["stage"], row["error_type"]) == (stage, error_type)
+    assert says in row["message"]
+    report = open(os.path.join(version_dir(output, "v1"), "report.html")).read()
+    for leaked in ("root:x", "/bin/bash"):
+        assert leaked not in row["message"] and leaked not in report
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def damaged_root(published, tmp_path, latest):
+    """A copy of the published root whose LATEST holds ``latest`` (bytes)."""
+    _, output = published
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    (copy / "LATEST").write_bytes(latest)
+    return str(copy)
+
+
+@pytest.mark.parametrize("latest, says", [
+    (b"../../somewhere/evil\n", "is not a version id"),
+    (b"/etc\n", "is not a version id"),
+    (b"\xff\xfe\n", "is not text"),
+])
+def test_latest_outside_the_grammar_is_refused(published, tmp_path, capsys, latest, says):
+    root = damaged_root(published, tmp_path, latest)
+    assert query(["--index", root, "--item-id", "coffee"]) == 1
+    assert says in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv, status, says", [
+    (["--item-id", "coffee", "--version", "../v1"], 1, "is not a version id"),
+    (["--item-id", ""], 2, "--item-id must not be empty"),
+    (["--item-id", "coffee", "-k", "99999999999"], 2, "-k must be between 1 and 10,000"),
+    (["--item-id", "no-such-item"], 1, "is not in version v1"),
+])
+def test_query_mistakes_are_one_line(published, capsys, argv, status, says):
+    _, output = published
+    with pytest.raises(SystemExit) if status == 2 else _nothing() as raised:
+        code = query(["--index", output, *argv])
+    code = raised.value.code if status == 2 else code
+    assert code == status
+    assert says in one_line_error(capsys)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("what", ["a folder", "a FIFO"])
+def test_query_image_reads_only_regular_files(published, capsys, what):
+    root, output = published
+    path = str(root / "img") if what == "a folder" else str(root / "pipe.jpg")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(code=query(
+        ["--index", output, "--image", path])), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), f"query --image on {what} hangs"
+    assert result["code"] == 1
+    assert "not a regular file" in one_line_error(capsys)
+
+
+def test_text_output_escapes_control_characters(published, capsys):
+    _, output = published
+    assert query(["--index", output, "--item-id", "coffee", "-k", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "evil\\x1b[2Jid" in out
+
+
+def test_rollback_refuses_a_path_for_a_version(published, capsys):
+    _, output = published
+    assert rollback(["--index", output, "--version", "../../somewhere/evil"]) == 2
+    assert "is not a version id" in one_line_error(capsys)
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v1"
+
+
+def test_replace_never_takes_the_published_version_away(published, capsys):
+    root, output = published
+    assert build(["--catalog", str(root / "catalog.csv"), "--output", output,
+                  "--version-id", "v1", "--replace"]) == 2
+    assert "is the published one" in one_line_error(capsys)
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v1"
+    manifest = json.load(open(os.path.join(version_dir(output, "v1"), "manifest.json")))
+    assert manifest["validation"]["passed"]
