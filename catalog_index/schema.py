@@ -54,7 +54,15 @@ METADATA_FIELDS = [
     pa.field("labels", pa.list_(LABEL_TYPE)),
     pa.field("colors", pa.list_(COLOR_TYPE)),
 ]
-RESERVED_COLUMNS = frozenset(field.name for field in METADATA_FIELDS) | {"passthrough"}
+# Catalog columns with these names would shadow the build's own fields: they pass through
+# renamed, with RENAMED_PREFIX in front ("caption" -> "catalog_caption"), never dropped.
+RESERVED_COLUMNS = frozenset(field.name for field in METADATA_FIELDS) | {"passthrough", "__vector"}
+RENAMED_PREFIX = "catalog_"
+
+
+def passthrough_name(column: str) -> str:
+    """The metadata column that carries the catalog column ``column``."""
+    return RENAMED_PREFIX + column if column in RESERVED_COLUMNS else column
 
 EMBEDDINGS_SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),

@@ -184,6 +184,10 @@ def test_bad_flags_are_one_line_errors(argv, message, capsys):
     ("item_id,image_uri,title\n", "the catalog has no rows"),
     ("item_id,title\nsku-1,x\n", "missing column(s) image_uri"),
     ("", "cannot read it"),
+    ("item_id,image_uri,title,title\nsku-1,a.jpg,x,y\n", "duplicate column(s) title"),
+    ("item_id,image_uri,,title\nsku-1,a.jpg,x,y\n", "column(s) 3 have no name"),
+    ("item_id,image_uri,caption,catalog_caption\nsku-1,a.jpg,x,y\n",
+     "catalog_caption would hold two columns"),
 ])
 def test_bad_catalogs_are_one_line_errors_before_any_work(catalog_text, message, tmp_path, capsys):
     catalog = tmp_path / "catalog.csv"

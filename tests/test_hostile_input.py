@@ -37,15 +37,15 @@ def published(tmp_path_factory, photos, model_cache):
     catalog = root / "catalog.csv"
     with open(catalog, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["item_id", "image_uri", "title"])
+        writer.writerow(["item_id", "image_uri", "title", "caption", "shard"])
         for name in PHOTOS:
-            writer.writerow([name, paths[f"{name}.jpg"], f"A {name}"])
-        writer.writerow(["evil\x1b[2Jid", paths["coffee.jpg"], "escape codes in the id"])
-        writer.writerow(["secret", str(secret), "not an image"])
-        writer.writerow(["fifo", str(fifo), "a named pipe"])
-        writer.writerow(["big", str(big), "over the byte limit"])
-        writer.writerow(["folder", str(root / "img"), "a directory"])
-        writer.writerow(["ftp", "ftp://example.invalid/x.jpg", "another scheme"])
+            writer.writerow([name, paths[f"{name}.jpg"], f"A {name}", f"the shop's {name}", "7"])
+        writer.writerow(["evil\x1b[2Jid", paths["coffee.jpg"], "escape codes in the id", "", ""])
+        writer.writerow(["secret", str(secret), "not an image", "", ""])
+        writer.writerow(["fifo", str(fifo), "a named pipe", "", ""])
+        writer.writerow(["big", str(big), "over the byte limit", "", ""])
+        writer.writerow(["folder", str(root / "img"), "a directory", "", ""])
+        writer.writerow(["ftp", "ftp://example.invalid/x.jpg", "another scheme", "", ""])
     output = str(root / "out")
     assert build(["--catalog", str(catalog), "--output", output, "--version-id", "v1",
                   "--max-image-bytes", "1000000", "--max-failure-rate", "1"]) == 0
@@ -162,3 +162,13 @@ def test_replace_never_takes_the_published_version_away(published, capsys):
     assert open(os.path.join(output, "LATEST")).read().strip() == "v1"
     manifest = json.load(open(os.path.join(version_dir(output, "v1"), "manifest.json")))
     assert manifest["validation"]["passed"]
+
+
+def test_reserved_catalog_columns_pass_through_renamed(published):
+    _, output = published
+    folder = os.path.join(version_dir(output, "v1"), "metadata")
+    rows = {row["item_id"]: row for name in sorted(os.listdir(folder))
+            for row in pq.read_table(os.path.join(folder, name)).to_pylist()}
+    coffee = rows["coffee"]
+    assert coffee["catalog_caption"] == "the shop's coffee" and coffee["catalog_shard"] == "7"
+    assert coffee["caption"] != "the shop's coffee" and isinstance(coffee["shard"], int)

@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
-from catalog_index.schema import DUPLICATE_STAGE, RESERVED_COLUMNS
+from catalog_index.schema import DUPLICATE_STAGE, passthrough_name
 from transforms.errors import ERRORS, counter, dead_letter, error_row
 
 CATALOG_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json",
@@ -127,12 +127,30 @@ def catalog_columns(source: str) -> list:
         raise
     except Exception as error:
         raise CatalogError(f"--catalog {source}: cannot read it ({error})") from None
+    check_header(source, names)
+    if not has_rows:
+        raise CatalogError(f"--catalog {source}: the catalog has no rows")
+    return sorted(passthrough_name(name) for name in names
+                  if name not in ("item_id", "image_uri"))
+
+
+def check_header(source: str, names) -> None:
+    """Every column named, once; item_id and image_uri present; renamed reserved columns
+    clashing with no other column."""
+    unnamed = [str(number) for number, name in enumerate(names, 1) if not str(name).strip()]
+    if unnamed:
+        raise CatalogError(f"--catalog {source}: column(s) {', '.join(unnamed)} have no name")
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise CatalogError(f"--catalog {source}: duplicate column(s) {', '.join(duplicated)}")
     missing = {"item_id", "image_uri"} - set(names)
     if missing:
         raise CatalogError(f"--catalog {source}: missing column(s) {', '.join(sorted(missing))}")
-    if not has_rows:
-        raise CatalogError(f"--catalog {source}: the catalog has no rows")
-    return sorted(name for name in names if name not in RESERVED_COLUMNS)
+    passthrough = [passthrough_name(name) for name in names if name not in ("item_id", "image_uri")]
+    clashes = sorted({name for name in passthrough if passthrough.count(name) > 1})
+    if clashes:
+        raise CatalogError(f"--catalog {source}: column(s) {', '.join(clashes)} would hold "
+                           "two columns once reserved names are prefixed; rename one")
 
 
 def _as_text(value):
@@ -160,8 +178,8 @@ class ReadCatalogFile(beam.DoFn):
                 number += 1
                 item_id, uri = _as_text(row.pop("item_id", None)), row.pop("image_uri", None)
                 item = {"item_id": item_id, "image_uri": uri, "row": number,
-                        "passthrough": {key: _as_text(value) for key, value in row.items()
-                                        if key not in RESERVED_COLUMNS}}
+                        "passthrough": {passthrough_name(key): _as_text(value)
+                                        for key, value in row.items()}}
                 counter("read").inc()
                 missing = [name for name, value in (("item_id", item_id), ("image_uri", uri))
                            if not value or not str(value).strip()]
