@@ -383,7 +383,7 @@ class _HideReportedFailures(logging.Filter):
     in one line itself (the quality gate failed, another build published first) that is
     noise; every other failure keeps its traceback."""
 
-    REPORTED = ("QualityGateFailed", "PublishConflict")
+    REPORTED = ("QualityGateFailed", "PublishConflict", "PublishFailed")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()

@@ -172,3 +172,24 @@ def test_reserved_catalog_columns_pass_through_renamed(published):
     coffee = rows["coffee"]
     assert coffee["catalog_caption"] == "the shop's coffee" and coffee["catalog_shard"] == "7"
     assert coffee["caption"] != "the shop's coffee" and isinstance(coffee["shard"], int)
+
+
+def test_a_latest_that_cannot_be_written_ends_in_the_rollback_command(published, tmp_path,
+                                                                      capsys, monkeypatch):
+    from catalog_index import storage
+
+    root, _ = published
+    output = str(tmp_path / "out")
+
+    def storage_down(*args, **kwargs):
+        raise ConnectionError("503 Service Unavailable, retries exhausted")
+
+    monkeypatch.setattr(storage, "replace_latest", storage_down)
+    assert build(["--catalog", str(root / "catalog.csv"), "--output", output,
+                  "--version-id", "v9", "--max-failure-rate", "1"]) == 1
+    err = one_line_error(capsys)
+    assert "version v9 is complete and validated" in err
+    assert f"catalog-index rollback --index {output} --version v9" in err
+    monkeypatch.undo()
+    assert rollback(["--index", output, "--version", "v9"]) == 0
+    assert open(os.path.join(output, "LATEST")).read().strip() == "v9"

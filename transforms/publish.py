@@ -23,6 +23,10 @@ class QualityGateFailed(RuntimeError):
     """The version did not pass validation; LATEST was left alone."""
 
 
+class PublishFailed(RuntimeError):
+    """The version is complete and validated, but LATEST could not be written."""
+
+
 class _PublishVersion(beam.DoFn):
     def __init__(self, output_root: str, version_dir: str, latest_token):
         self.output_root, self.version_dir = output_root, version_dir
@@ -31,8 +35,17 @@ class _PublishVersion(beam.DoFn):
     def process(self, manifest):
         storage.write_text(join(self.version_dir, MANIFEST_FILE), json.dumps(manifest, indent=2))
         if manifest["validation"]["passed"]:
-            storage.replace_latest(join(self.output_root, LATEST_FILE),
-                                   manifest["version_id"] + "\n", self.latest_token)
+            latest = join(self.output_root, LATEST_FILE)
+            try:
+                storage.replace_latest(latest, manifest["version_id"] + "\n", self.latest_token)
+            except storage.PublishConflict:
+                raise
+            except Exception as error:  # storage down for longer than the client retries
+                raise PublishFailed(
+                    f"version {manifest['version_id']} is complete and validated, but {latest} "
+                    f"could not be written ({type(error).__name__}); publish it with: "
+                    f"catalog-index rollback --index {self.output_root} "
+                    f"--version {manifest['version_id']}") from None
             counter("published").inc()
             yield manifest["version_id"]
             return
