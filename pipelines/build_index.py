@@ -214,7 +214,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     index settings."""
     out_dir = build["version_dir"]
     model_info = build["model_info"]
-    catalog = pipeline | "ReadCatalog" >> ReadCatalog(args.catalog)
+    catalog = pipeline | "ReadCatalog" >> ReadCatalog(args.catalog, build["passthrough_columns"])
     fetched = catalog["items"] | "FetchImages" >> FetchImages(args.max_image_bytes)
     decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)

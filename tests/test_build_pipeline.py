@@ -231,6 +231,26 @@ def test_read_catalog_dedupes_jsonl(tmp_path):
         assert_that(out["input_count"], equal_to([3]), label="count")
 
 
+def test_read_catalog_reports_bad_json_lines_with_their_line_number(tmp_path):
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text("\n".join([
+        json.dumps({"item_id": "a", "image_uri": "/x/1.jpg", "title": "t"}),
+        '{"item_id": "b", "image_uri": ',
+        "[1, 2]",
+        "",
+        json.dumps({"item_id": 7, "image_uri": "/x/2.jpg", "title": {"nested": True}}),
+    ]) + "\n")
+    with BeamTestPipeline() as pipeline:
+        out = pipeline | ReadCatalog(str(catalog))
+        assert_that(out["items"] | beam.Map(lambda i: (i["item_id"], i["row"], i["passthrough"])),
+                    equal_to([("a", 1, {"title": "t"}), ("7", 5, {"title": '{"nested": true}'})]),
+                    label="items")
+        assert_that(out["errors"] | beam.Map(lambda e: (e["stage"], e["message"].split(" (")[0])),
+                    equal_to([("read", "line 2: not valid JSON"),
+                              ("read", "line 3: a JSON list, not an object")]), label="errors")
+        assert_that(out["input_count"], equal_to([4]), label="count")
+
+
 def test_group_into_shards_groups_by_the_stable_hash_of_item_id():
     items = [{"item_id": f"item-{n}", "embedding": np.full(3, n, np.float32)} for n in (3, 1, 2)]
     with BeamTestPipeline() as pipeline:

@@ -9,6 +9,7 @@ letters with stage ``dedupe``, counted as duplicates.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
@@ -75,7 +76,41 @@ def _open_table_batches(path: str, fmt: str):
                                       read_options=pyarrow.csv.ReadOptions(block_size=1 << 22))
         yield from reader
     else:
-        yield from pyarrow.json.read_json(stream).to_batches(max_chunksize=10_000)
+        raise ValueError("JSON Lines catalogs are read line by line: see catalog_rows")
+
+
+class BadLine(ValueError):
+    """A catalog line that is not a JSON object."""
+
+
+def _json_lines(path: str):
+    """(line number, row dict or BadLine) for each non-empty line of a JSON Lines file."""
+    with FileSystems.open(path) as raw:
+        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8",
+                                                       errors="replace"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                yield number, BadLine(f"line {number}: not valid JSON ({error.msg} at "
+                                      f"column {error.colno})")
+                continue
+            yield number, row if isinstance(row, dict) else BadLine(
+                f"line {number}: a JSON {type(row).__name__}, not an object")
+
+
+def catalog_rows(path: str, fmt: str):
+    """(row number, row dict or BadLine) in file order: data rows from 1 for CSV and
+    Parquet, line numbers for JSON Lines."""
+    if fmt == "json":
+        yield from _json_lines(path)
+        return
+    number = 0
+    for batch in _open_table_batches(path, fmt):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
 
 
 def _csv_header(path: str) -> list:
@@ -96,10 +131,10 @@ def _catalog_header(source: str, fmt: str):
         with FileSystems.open(source) as stream:
             metadata = pyarrow.parquet.ParquetFile(stream).metadata
             return metadata.schema.to_arrow_schema().names, metadata.num_rows > 0
-    batches = (batch for batch in _open_table_batches(source, fmt) if batch.num_rows)
-    first = next(batches, None)
-    if fmt != "csv":
-        names = [] if first is None else first.schema.names
+    if fmt == "json":  # the first object's keys
+        first = next((row for _, row in _json_lines(source) if isinstance(row, dict)), None)
+        return list(first or {}), first is not None
+    first = next((batch for batch in _open_table_batches(source, fmt) if batch.num_rows), None)
     return names, first is not None
 
 
@@ -171,24 +206,27 @@ def _resolve_uri(uri: str, catalog_path: str) -> str:
 class ReadCatalogFile(beam.DoFn):
     """Catalog rows in file order; ``row`` is the data row's number, from 1."""
 
+    def __init__(self, columns):
+        self.columns = list(columns)  # the catalog's passthrough columns, from its header
+
     def process(self, path):
-        number = 0
-        for batch in _open_table_batches(path, catalog_format(path)):
-            for row in batch.to_pylist():
-                number += 1
-                item_id, uri = _as_text(row.pop("item_id", None)), row.pop("image_uri", None)
-                item = {"item_id": item_id, "image_uri": uri, "row": number,
-                        "passthrough": {passthrough_name(key): _as_text(value)
-                                        for key, value in row.items()}}
-                counter("read").inc()
-                missing = [name for name, value in (("item_id", item_id), ("image_uri", uri))
-                           if not value or not str(value).strip()]
-                if missing:
-                    yield dead_letter(item, "read", MissingField(
-                        f"row {number}: {' and '.join(missing)} empty or only whitespace"))
-                    continue
-                item["image_uri"] = _resolve_uri(str(uri), path)
-                yield item
+        for number, row in catalog_rows(path, catalog_format(path)):
+            counter("read").inc()
+            if isinstance(row, BadLine):
+                yield dead_letter({"row": number}, "read", row)
+                continue
+            item_id, uri = _as_text(row.pop("item_id", None)), row.pop("image_uri", None)
+            passthrough = {passthrough_name(key): _as_text(value) for key, value in row.items()}
+            item = {"item_id": item_id, "image_uri": uri, "row": number,
+                    "passthrough": {name: passthrough.get(name) for name in self.columns}}
+            missing = [name for name, value in (("item_id", item_id), ("image_uri", uri))
+                       if not value or not str(value).strip()]
+            if missing:
+                yield dead_letter(item, "read", MissingField(
+                    f"row {number}: {' and '.join(missing)} empty or only whitespace"))
+                continue
+            item["image_uri"] = _resolve_uri(str(uri), path)
+            yield item
 
 
 class _KeepFirstPerItemId(beam.DoFn):
@@ -210,9 +248,12 @@ class ReadCatalog(beam.PTransform):
     """source -> {"items", "errors", "input_count"}. Items are deduplicated by item_id;
     ``input_count`` is a one-element PCollection: every row read, good or bad."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, columns=None):
         super().__init__()
         self.source = source
+        # The passthrough columns (catalog_columns), when the caller has read them already.
+        self.columns = columns if columns is not None or is_glob(source) else \
+            catalog_columns(source)
 
     def expand(self, pbegin):
         if is_glob(self.source):
@@ -227,7 +268,8 @@ class ReadCatalog(beam.PTransform):
         else:
             read = (pbegin
                     | "CatalogPath" >> beam.Create([self.source])
-                    | "ReadRows" >> beam.ParDo(ReadCatalogFile()).with_outputs(ERRORS, main="rows"))
+                    | "ReadRows" >> beam.ParDo(ReadCatalogFile(self.columns))
+                    .with_outputs(ERRORS, main="rows"))
             rows, read_errors = read.rows, read[ERRORS]
         deduped = (rows
                    | "ByItemId" >> beam.GroupBy(lambda item: item["item_id"])
