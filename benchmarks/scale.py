@@ -32,7 +32,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
-CLI = os.path.join(os.path.dirname(PYTHON), "catalog-index")
+CLI = [PYTHON, "-m", "pipelines.cli"]  # this checkout's code, run from its root
 TEXT_QUERIES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                 "sneaker", "bag", "ankle boot")
 
@@ -65,8 +65,8 @@ def write_catalog(folder: str, count: int) -> str:
 def timed_build(catalog: str, output: str) -> dict:
     """``catalog-index build`` with default options under /usr/bin/time -v."""
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", CLI, "build", "--catalog", catalog,
-                           "--output", output], capture_output=True, text=True)
+    done = subprocess.run(["/usr/bin/time", "-v", *CLI, "build", "--catalog", catalog,
+                           "--output", output], capture_output=True, text=True, cwd=HERE)
     wall = time.perf_counter() - started
     peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])
     return {"exit": done.returncode, "wall_s": wall, "peak_rss_bytes": peak_kb * 1024,
@@ -170,7 +170,7 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
     from catalog_index.storage import sha256_of_file
     from catalog_index.text_index import TEXT_DIR, build_text_index
     from pipelines.demo import FASHION_CLASSES
-    from transforms.shard import BuildShard, shard_count, shard_of
+    from transforms.shard import BuildShard, shard_count, shard_of, shard_record
 
     folder = version_dir(root, "synthetic")
     num_shards = shard_count(items, per_shard)
@@ -189,14 +189,15 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
                 cls = FASHION_CLASSES[n % 10]
                 vector = centres[n % 2000] + 0.35 * rng.standard_normal(dimension).astype(np.float32)
                 vector /= np.linalg.norm(vector)
-                yield {"item_id": f"sku-{n:07d}", "image_uri": f"gs://shop/images/{n:07d}.jpg",
+                yield shard_record({"item_id": f"sku-{n:07d}",
+                       "image_uri": f"gs://shop/images/{n:07d}.jpg",
                        "sha256": hashlib.sha256(str(n).encode()).hexdigest(),
                        "width": 800, "height": 800, "caption": f"gray {cls.lower()}",
                        "labels": [{"label": f"label-{(n + k) % 1000}", "score": 0.1}
                                   for k in range(5)],
                        "colors": [{"name": "gray", "fraction": 0.6}],
                        "passthrough": {"title": f"{cls} #{n}", "category": cls},
-                       "__vector": vector.tobytes()}
+                       "embedding": vector})
         summaries.append(stage.build(shard, records(), num_shards))
         print(f"synthetic shard {shard + 1}/{num_shards} written", file=sys.stderr, flush=True)
     tables = [pq.read_table(os.path.join(folder, summary["metadata_file"]),

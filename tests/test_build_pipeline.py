@@ -22,7 +22,7 @@ from catalog_index.schema import index_file, shard_of, version_dir
 from pipelines.build_index import run
 from tests.real_images import decode_edge_cases, encode, write_files
 from transforms.read_catalog import ReadCatalog, glob_root, item_id_for_path
-from transforms.shard import VECTOR, GroupIntoShards
+from transforms.shard import GroupIntoShards
 from transforms.write_metadata import write_embeddings_parquet
 
 BAD_STAGE = {"truncated": "decode", "empty": "decode", "text": "decode", "huge": "decode"}
@@ -257,7 +257,7 @@ def test_group_into_shards_groups_by_the_stable_hash_of_item_id():
         num_shards = pipeline | "NumShards" >> beam.Create([8])
         shards = pipeline | beam.Create(items) | GroupIntoShards(num_shards)
         summary = shards | beam.MapTuple(lambda shard, records: (shard, sorted(
-            (record["item_id"], np.frombuffer(record[VECTOR], np.float32).tolist())
+            (record[0], np.frombuffer(record[2], np.float32).tolist())
             for record in records)))
         expected = {}
         for item in items:
