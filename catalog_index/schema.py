@@ -77,6 +77,8 @@ ERRORS_SCHEMA = pa.schema([
     pa.field("stage", pa.string()),
     pa.field("error_type", pa.string()),
     pa.field("message", pa.string()),
+    # True for storage failures (timeouts, retries exhausted): the item was not at fault.
+    pa.field("retryable", pa.bool_()),
 ], metadata=_SCHEMA_METADATA)
 
 

@@ -123,8 +123,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "--max-items-per-shard catalog rows")
     option("max-items-per-shard", type=_positive_int, default=DEFAULT_MAX_ITEMS_PER_SHARD,
            metavar="N", help="with --num-shards auto, the most catalog rows per shard "
-           f"(default {DEFAULT_MAX_ITEMS_PER_SHARD:,}: a shard's vectors, held in memory "
-           "while its index is built, stay near 1 GB)")
+           f"(default {DEFAULT_MAX_ITEMS_PER_SHARD:,}: a worker holds one shard at a time "
+           "while it builds its index, about 30 KB an item)")
     option("version-id", metavar="ID", default=None, type=_version_id,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
     option("replace", type=_boolean, nargs="?", const=True, default=False,
@@ -266,6 +266,8 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
         raise UsageError(f"--output {args.output}: only local paths and gs:// are supported")
     if storage.is_gcs(args.output) or storage.is_gcs(args.catalog):
         storage.gcs_client()  # fails now, in one line, when credentials are missing
+    if not storage.is_gcs(args.output):
+        check_writable_folder(args.output)
     passthrough = catalog_columns(args.catalog)
     version_id = args.version_id or default_version_id()
     out_dir = version_dir(args.output, version_id)
@@ -300,6 +302,20 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
                      "max_count_drop": args.max_count_drop,
                      "allow_model_change": args.allow_model_change}}
+
+
+def check_writable_folder(output_root: str) -> None:
+    """A local output root must be (or become) a folder this build can write in: found
+    now, not after hours of embedding."""
+    if os.path.exists(output_root) and not os.path.isdir(output_root):
+        raise UsageError(f"--output {output_root}: exists and is not a folder")
+    try:
+        os.makedirs(output_root, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_root):
+            pass
+    except OSError as error:
+        raise UsageError(f"--output {output_root}: cannot write there "
+                         f"({error.strerror or type(error).__name__})") from None
 
 
 def read_latest_version(output_root: str):

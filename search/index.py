@@ -127,6 +127,14 @@ class PublishedIndex:
     def from_manifest(cls, root: str, manifest: dict,
                       cache_dir: Optional[str] = None) -> "PublishedIndex":
         """A version described by ``manifest`` (e.g. one being validated, not yet published)."""
+        try:
+            return cls._from_manifest(root, manifest, cache_dir)
+        except KeyError as error:  # a manifest without a key every version has
+            raise IndexIntegrityError(f"{root}: the manifest of version "
+                                      f"{manifest.get('version_id')!r} has no {error}") from None
+
+    @classmethod
+    def _from_manifest(cls, root: str, manifest: dict, cache_dir: Optional[str]):
         folder = version_dir(root, manifest["version_id"])
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise IndexIntegrityError(f"{folder}: schema_version {manifest.get('schema_version')}"

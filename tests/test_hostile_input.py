@@ -193,3 +193,56 @@ def test_a_latest_that_cannot_be_written_ends_in_the_rollback_command(published,
     monkeypatch.undo()
     assert rollback(["--index", output, "--version", "v9"]) == 0
     assert open(os.path.join(output, "LATEST")).read().strip() == "v9"
+
+
+def test_an_output_root_that_is_a_file_is_a_usage_error(published, tmp_path, capsys):
+    root, _ = published
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    assert build(["--catalog", str(root / "catalog.csv"), "--output", str(not_a_folder)]) == 2
+    assert "exists and is not a folder" in one_line_error(capsys)
+
+
+def test_a_field_larger_than_a_block_is_named_not_a_parser_riddle(tmp_path, capsys):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text("item_id,image_uri,title\nsku-1,a.jpg," + "x" * (20 << 20) + "\n")
+    assert build(["--catalog", str(catalog), "--output", str(tmp_path / "out")]) == 2
+    err = one_line_error(capsys)
+    assert "a row longer than the reader's 16 MiB block" in err and "straddl" not in err
+
+
+def test_a_manifest_without_a_key_names_it(published, tmp_path, capsys):
+    _, output = published
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    path = os.path.join(version_dir(str(copy), "v1"), "manifest.json")
+    manifest = json.load(open(path))
+    del manifest["index"]
+    json.dump(manifest, open(path, "w"))
+    assert query(["--index", str(copy), "--item-id", "coffee"]) == 1
+    assert "has no 'index'" in one_line_error(capsys)
+
+
+def _retry_error():
+    from google.api_core.exceptions import RetryError
+
+    return RetryError("Timeout of 120.0s exceeded", cause=None)
+
+
+@pytest.mark.parametrize("make_error, retryable", [
+    (lambda: ConnectionError("reset by peer"), True),
+    (lambda: TimeoutError("read timed out"), True),
+    (lambda: __import__("google.api_core.exceptions", fromlist=["x"]).ServiceUnavailable("503"),
+     True),
+    (lambda: __import__("google.api_core.exceptions", fromlist=["x"]).TooManyRequests("429"),
+     True),
+    (_retry_error, True),
+    (lambda: FileNotFoundError("no such object"), False),
+    (lambda: __import__("catalog_index.storage", fromlist=["x"]).ImageFileError("too big"), False),
+    (lambda: ValueError("not an image"), False),
+])
+def test_storage_failures_are_marked_retryable_in_errors(make_error, retryable):
+    from transforms.errors import dead_letter
+
+    row = dead_letter({"item_id": "x", "image_uri": "gs://b/x.jpg"}, "fetch", make_error()).value
+    assert row["retryable"] is retryable

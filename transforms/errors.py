@@ -16,16 +16,31 @@ ERRORS = "errors"  # the tag of every stage's dead-letter output
 NAMESPACE = "catalog_index"
 
 
-def error_row(item: dict, stage: str, error_type: str, message: str) -> dict:
+def error_row(item: dict, stage: str, error_type: str, message: str,
+              retryable: bool = False) -> dict:
     return {"item_id": item.get("item_id"), "image_uri": item.get("image_uri"),
-            "stage": stage, "error_type": error_type, "message": message}
+            "stage": stage, "error_type": error_type, "message": message,
+            "retryable": retryable}
+
+
+# Failures of the storage rather than of the item: worth trying again next night.
+_TRANSIENT_NAMES = {"RetryError", "ServiceUnavailable", "TooManyRequests",
+                    "InternalServerError", "GatewayTimeout", "BadGateway", "DeadlineExceeded",
+                    "ReadTimeout", "ConnectTimeout", "ChunkedEncodingError"}
+
+
+def is_transient(error: Exception) -> bool:
+    """A timeout, a dropped connection, or a 429/5xx that outlasted the client's retries."""
+    return isinstance(error, (TimeoutError, ConnectionError)) or any(
+        cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__)
 
 
 def dead_letter(item: dict, stage: str, error: Exception) -> beam.pvalue.TaggedOutput:
     """Tag ``item`` as failed in ``stage`` because of ``error``, and count it."""
     counter(f"failed_{stage}").inc()
     return beam.pvalue.TaggedOutput(
-        ERRORS, error_row(item, stage, type(error).__name__, str(error) or repr(error)))
+        ERRORS, error_row(item, stage, type(error).__name__, str(error) or repr(error),
+                          retryable=is_transient(error)))
 
 
 class _Counter:

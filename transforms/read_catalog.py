@@ -25,6 +25,7 @@ from transforms.errors import ERRORS, counter, dead_letter, error_row
 CATALOG_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json",
                    ".parquet": "parquet"}
 _GLOB_CHARS = re.compile(r"[*?\[]")
+CSV_BLOCK_BYTES = 16 << 20  # a CSV row (all its fields) must fit in one block
 
 
 class CatalogError(ValueError):
@@ -73,7 +74,8 @@ def _open_table_batches(path: str, fmt: str):
         options = pyarrow.csv.ConvertOptions(
             column_types={name: pyarrow.string() for name in names}, strings_can_be_null=True)
         reader = pyarrow.csv.open_csv(stream, convert_options=options,
-                                      read_options=pyarrow.csv.ReadOptions(block_size=1 << 22))
+                                      read_options=pyarrow.csv.ReadOptions(
+                                          block_size=CSV_BLOCK_BYTES))
         yield from reader
     else:
         raise ValueError("JSON Lines catalogs are read line by line: see catalog_rows")
@@ -107,10 +109,25 @@ def catalog_rows(path: str, fmt: str):
         yield from _json_lines(path)
         return
     number = 0
-    for batch in _open_table_batches(path, fmt):
+    batches = _open_table_batches(path, fmt)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as error:  # pyarrow: a broken row or a field beyond the block size
+            raise CatalogError(f"--catalog {path}: unreadable after row {number} "
+                               f"({_first_line(error)})") from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             number += 1
             yield number, row
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "straddling" in text:
+        return f"a row longer than the reader's {CSV_BLOCK_BYTES // 2**20} MiB block"
+    return text[:200]
 
 
 def _csv_header(path: str) -> list:
@@ -161,7 +178,7 @@ def catalog_columns(source: str) -> list:
     except CatalogError:
         raise
     except Exception as error:
-        raise CatalogError(f"--catalog {source}: cannot read it ({error})") from None
+        raise CatalogError(f"--catalog {source}: cannot read it ({_first_line(error)})") from None
     check_header(source, names)
     if not has_rows:
         raise CatalogError(f"--catalog {source}: the catalog has no rows")

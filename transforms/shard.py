@@ -17,6 +17,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -30,10 +31,12 @@ from catalog_index.storage import sha256_of_file
 from transforms.errors import counter
 from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
-# A shard's vectors are held in memory while its Annoy index is built (5,120 bytes an item
-# at 1,280 dimensions, about as much again inside Annoy, whose file is ~5,300 bytes an item
-# with 16 trees): 100,000 items keep that near 1 GB, which fits any worker beside its model.
-DEFAULT_MAX_ITEMS_PER_SHARD = 100_000
+# Items of a shard, with --num-shards auto. A worker holds one shard at a time while it
+# builds its index: measured, about 30 KB an item at 1,280 dimensions (the group as it is
+# read, its vectors sorted, Annoy's copy and trees, a Parquet row group being encoded), so
+# 20,000 items cost about 600 MB beside the model. Workers with more memory (Dataflow)
+# take larger shards: fewer shards make every query cheaper (docs/operations.md).
+DEFAULT_MAX_ITEMS_PER_SHARD = 20_000
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
 METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "labels", "colors",
@@ -102,25 +105,46 @@ class ShardSpill:
             self.count += len(self._rows)
             self._rows = []
 
-    def sorted_table(self) -> pa.Table:
-        """The spilled rows sorted by item_id, memory-mapped (a ``take`` materializes only
-        what is read from it)."""
+    def sorted(self):
+        """-> (metadata table, vectors [rows, dimension] float32), both sorted by item_id.
+
+        The spill is read through a memory map and closed again; what stays in memory is
+        the shard's vectors, one copy in sorted order, and its metadata columns."""
         self._flush()
         self._writer.close()
-        table = pa.ipc.open_file(pa.memory_map(self.path)).read_all()
-        return table.take(pc.sort_indices(table, sort_keys=[("item_id", "ascending")]))
+        with pa.memory_map(self.path) as source:
+            reader = pa.ipc.open_file(source)
+            item_ids = pa.concat_arrays([reader.get_batch(i).column("item_id")
+                                         for i in range(reader.num_record_batches)]) \
+                if reader.num_record_batches else pa.array([], pa.string())
+            order = pc.sort_indices(item_ids).to_numpy()
+            position = np.empty(len(order), dtype=np.int64)
+            position[order] = np.arange(len(order))
+            vectors = np.empty((len(order), self.dimension), dtype=np.float32)
+            metadata, start = [], 0
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                vectors[position[start:start + batch.num_rows]] = vectors_of(
+                    batch.column(VECTOR), batch.num_rows, self.dimension)
+                metadata.append(batch.drop_columns([VECTOR]))
+                start += batch.num_rows
+            schema = self.schema.remove(self.schema.get_field_index(VECTOR))
+            table = pa.Table.from_batches(metadata, schema=schema).take(order) \
+                if metadata else schema.empty_table()
+            del reader, metadata
+        return table, vectors
 
 
-def vectors_of(table: pa.Table, dimension: int) -> np.ndarray:
-    """The vector column as one float32 array [rows, dimension] (no copy when the column
-    is in one chunk)."""
-    if table.num_rows == 0:
-        return np.zeros((0, dimension), dtype=np.float32)
-    column = table.column(VECTOR).combine_chunks()
-    data = np.frombuffer(column.buffers()[1], dtype=np.float32,
-                         count=table.num_rows * dimension,
+def vectors_of(column: pa.Array, rows: int, dimension: int) -> np.ndarray:
+    """A fixed-size binary column of float32 bytes as a [rows, dimension] view (no copy)."""
+    data = np.frombuffer(column.buffers()[1], dtype=np.float32, count=rows * dimension,
                          offset=column.offset * 4 * dimension)
-    return data.reshape(table.num_rows, dimension)
+    return data.reshape(rows, dimension)
+
+
+# A process builds one shard at a time: what a worker holds is one shard's vectors, however
+# many threads it runs. (The Annoy build is single-threaded for reproducibility anyway.)
+_ONE_SHARD_AT_A_TIME = threading.Lock()
 
 
 class BuildShard(beam.DoFn):
@@ -136,19 +160,19 @@ class BuildShard(beam.DoFn):
 
     def process(self, shard_records, num_shards: int):
         shard, records = shard_records
-        yield self.build(shard, records, num_shards)
+        with _ONE_SHARD_AT_A_TIME:
+            yield self.build(shard, records, num_shards)
 
     def build(self, shard: int, records, num_shards: int) -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             spill = ShardSpill(scratch, self.passthrough_columns, self.dimension)
             for record in records:
                 spill.add(record)
-            table = spill.sorted_table()
+            table, vectors = spill.sorted()
             files = {"index_file": index_file(shard, num_shards),
                      "metadata_file": metadata_file(shard, num_shards),
                      "embeddings_file": embeddings_file(shard, num_shards)}
             local = {key: os.path.join(scratch, key) for key in files}
-            vectors = vectors_of(table, self.dimension)
             write_metadata_parquet(table, shard, self.passthrough_columns,
                                    local["metadata_file"])
             write_embeddings_parquet(table, vectors, self.model_fingerprint,

@@ -16,10 +16,10 @@ from catalog_index.schema import (EMBEDDINGS_SCHEMA, ERRORS_PREFIX, ERRORS_SCHEM
                                   metadata_schema, shard_suffix, join)
 
 
-# Rows per Parquet row group. Embedding list offsets are int32, so a group must hold fewer
-# than 2**31 floats (65,536 rows of up to 32,767 dimensions); one group of a shard is
-# encoded in memory at a time.
-ROWS_PER_GROUP = 65_536
+# Rows per Parquet row group. A group is encoded in memory before it is written (16,384
+# vectors of 1,280 floats: 84 MB), and embedding list offsets are int32, so a group must
+# hold fewer than 2**31 floats.
+ROWS_PER_GROUP = 16_384
 
 
 def write_metadata_parquet(table: pa.Table, shard: int, passthrough_columns, path: str) -> None:
