@@ -12,7 +12,8 @@ peak RSS, and RSS per item; then, against each published version, the reader's o
 anonymous memory (``RssAnon``: memory-mapped files not counted) and p50/p99 latency of item
 and text queries, each measured in a fresh process.
 
-``reader-1m``: a version of 1,000,000 synthetic items (1,280-d vectors around 2,000
+``reader-1m``: a version of 1,000,000 synthetic items in shards of the default size
+(``--max-items-per-shard``), 1,280-d vectors around 2,000
 centres, so that Annoy behaves as on real embeddings; metadata shaped like the build's)
 written by the build's own shard and text-index code, then opened and queried as above.
 """
@@ -29,6 +30,8 @@ import sys
 import time
 
 import numpy as np
+
+from transforms.shard import DEFAULT_MAX_ITEMS_PER_SHARD
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -159,7 +162,7 @@ def run_builds(sizes, work: str) -> None:
 
 
 def write_synthetic_version(root: str, items: int, dimension: int = 1280,
-                            per_shard: int = 100_000, seed: int = 0) -> None:
+                            per_shard: int = DEFAULT_MAX_ITEMS_PER_SHARD, seed: int = 0) -> None:
     """A published version of ``items`` synthetic items, written by the build's own code."""
     import hashlib
 
