@@ -28,10 +28,9 @@ import re
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
-
-from transforms.shard import DEFAULT_MAX_ITEMS_PER_SHARD
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -162,8 +161,9 @@ def run_builds(sizes, work: str) -> None:
 
 
 def write_synthetic_version(root: str, items: int, dimension: int = 1280,
-                            per_shard: int = DEFAULT_MAX_ITEMS_PER_SHARD, seed: int = 0) -> None:
-    """A published version of ``items`` synthetic items, written by the build's own code."""
+                            per_shard: Optional[int] = None, seed: int = 0) -> None:
+    """A published version of ``items`` synthetic items, written by the build's own code
+    (shards of ``per_shard`` items, by default the build's default)."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -173,8 +173,10 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
     from catalog_index.storage import sha256_of_file
     from catalog_index.text_index import TEXT_DIR, build_text_index
     from pipelines.demo import FASHION_CLASSES
-    from transforms.shard import BuildShard, shard_count, shard_of, shard_record
+    from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, shard_count,
+                                  shard_of, shard_record)
 
+    per_shard = per_shard or DEFAULT_MAX_ITEMS_PER_SHARD
     folder = version_dir(root, "synthetic")
     num_shards = shard_count(items, per_shard)
     rng = np.random.default_rng(seed)
