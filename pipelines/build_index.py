@@ -266,9 +266,9 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
         raise UsageError(f"--output {args.output}: only local paths and gs:// are supported")
     if storage.is_gcs(args.output) or storage.is_gcs(args.catalog):
         storage.gcs_client()  # fails now, in one line, when credentials are missing
+    passthrough = catalog_columns(args.catalog)
     if not storage.is_gcs(args.output):
         check_writable_folder(args.output)
-    passthrough = catalog_columns(args.catalog)
     version_id = args.version_id or default_version_id()
     out_dir = version_dir(args.output, version_id)
     latest_version, latest_token = read_latest_version(args.output)
