@@ -34,9 +34,10 @@ from transforms.write_metadata import write_embeddings_parquet, write_metadata_p
 # Items of a shard, with --num-shards auto. A worker holds one shard at a time while it
 # builds its index: measured, about 30 KB an item at 1,280 dimensions (the group as it is
 # read, its vectors sorted, Annoy's copy and trees, a Parquet row group being encoded), so
-# 20,000 items cost about 600 MB beside the model. Workers with more memory (Dataflow)
-# take larger shards: fewer shards make every query cheaper (docs/operations.md).
-DEFAULT_MAX_ITEMS_PER_SHARD = 20_000
+# 10,000 items cost about 300 MB beside the model, and a 100,000-item local build stays
+# under 3 GB. Workers with more memory (Dataflow) take larger shards: fewer shards make
+# every query cheaper (docs/operations.md).
+DEFAULT_MAX_ITEMS_PER_SHARD = 10_000
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
 METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "labels", "colors",
