@@ -70,6 +70,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._first: Optional[tuple] = None  # (time, done) when items started to finish
+        self._final_rate: Optional[float] = None  # once every item is done: its rate
 
     def __enter__(self):
         self.tally.clear()
@@ -88,6 +89,10 @@ class ProgressReporter:
             if self._first is None and done:
                 self._first = (now, done)
             rate = 0.0
-            if self._first is not None and now > self._first[0]:
+            if self._final_rate is not None:
+                rate = self._final_rate  # the shards are being built: the rate stays put
+            elif self._first is not None and now > self._first[0]:
                 rate = (done - self._first[1]) / (now - self._first[0])
+                if done >= counts.get("read", 0) > 0:
+                    self._final_rate = rate
             print(progress_line(counts, rate), file=self.stream, flush=True)

@@ -303,6 +303,8 @@ def test_a_build_prints_progress_lines_and_no_library_logs(image_catalog, tmp_pa
     total = len(good_ids) + len(bad_ids) + 2
     assert progress[-1].startswith(f"progress: {total} of {total} items (100.0%)")
     assert f"{len(bad_ids)} failed" in progress[-1]
+    finished = [line for line in progress if line.startswith(f"progress: {total} of")]
+    assert len({line.split(", ")[1] for line in finished}) == 1  # the rate stops moving
     assert not [line for line in lines if not line.startswith("progress:")], lines
     log = os.path.join(tempfile.gettempdir(), "catalog-index", "build-p.log")
     assert os.path.exists(log)
