@@ -109,10 +109,17 @@ class ImageFileError(StorageError):
     """Not a file to read as an image: not a regular file, or larger than the limit."""
 
 
+class UnsupportedUri(StorageError):
+    """An image URI of a scheme other than gs:// or a local path."""
+
+
 def read_image_bytes(path: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """A whole image file or object, bounded: only regular files and objects (never a FIFO,
-    device or folder, which could block or never end), and at most ``max_bytes``, checked
-    before the read and enforced during it."""
+    """A whole image file or object, bounded: a local path or gs:// only, regular files and
+    objects only (never a FIFO, device or folder, which could block or never end), and at
+    most ``max_bytes``, checked before the read and enforced during it."""
+    if not is_gcs(path) and "://" in path:
+        raise UnsupportedUri(f"unsupported URI scheme {path.split('://')[0][:20]!r}: image "
+                             "URIs are local paths or gs://")
     if is_gcs(path):
         from google.api_core import exceptions
         from google.cloud.storage.retry import DEFAULT_RETRY

@@ -52,6 +52,8 @@ from transforms.write_metadata import WriteErrors
 # processes; docs/benchmarks.md). --direct_running_mode=multi_processing works too.
 # The FnApiRunner is what Beam 2.77's DirectRunner falls back to after it has tried to
 # download the Prism runner from GitHub: naming it skips a network call at run time.
+# Runner names that mean Beam's FnApiRunner here (the DirectRunner falls back to it).
+FN_API_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 LOCAL_DEFAULTS = {"runner": "FnApiRunner", "direct_running_mode": "multi_threading",
                   "direct_num_workers": str(os.cpu_count() or 1)}
 
@@ -382,13 +384,13 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
 
 def is_local(pipeline_options: PipelineOptions) -> bool:
     return pipeline_options.get_all_options().get("runner") in (
-        None, "DirectRunner", "FnApiRunner", "BundleBasedDirectRunner")
+        *FN_API_RUNNERS, "BundleBasedDirectRunner")
 
 
 def submit(args, pipeline_options: PipelineOptions, build: dict):
     """Construct the pipeline and hand it to the runner; returns the PipelineResult."""
-    runner = LocalRunner() if pipeline_options.get_all_options().get("runner") in (
-        None, "DirectRunner", "FnApiRunner") else None
+    runner = LocalRunner() if pipeline_options.get_all_options().get("runner") in \
+        FN_API_RUNNERS else None
     pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
     build_pipeline(pipeline, args, build)
     return pipeline.run()

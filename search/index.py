@@ -12,6 +12,7 @@ the manifest's sha256 before use; Annoy then memory-maps them.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -66,14 +67,8 @@ class Shard:
     def find(self, item_id: str) -> Optional[int]:
         """The Annoy id of ``item_id``, by binary search over the sorted item_id column."""
         ids = self.metadata.column("item_id")
-        low, high = 0, len(ids)
-        while low < high:
-            middle = (low + high) // 2
-            if ids[middle].as_py() < item_id:
-                low = middle + 1
-            else:
-                high = middle
-        return low if low < len(ids) and ids[low].as_py() == item_id else None
+        found = bisect.bisect_left(ids, item_id, key=lambda scalar: scalar.as_py())
+        return found if found < len(ids) and ids[found].as_py() == item_id else None
 
 
 class PublishedIndex:

@@ -19,21 +19,9 @@ import apache_beam as beam
 from catalog_index import storage
 from transforms.errors import ERRORS, counter, dead_letter
 
-class UnsupportedUri(ValueError):
-    """An image URI of a scheme other than gs:// or a local path."""
-
-
-def read_image_bytes(uri: str, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES) -> bytes:
-    """An image's bytes: a regular local file or a gs:// object of at most ``max_bytes``."""
-    if not storage.is_gcs(uri) and "://" in uri:
-        raise UnsupportedUri(f"unsupported URI scheme {uri.split('://')[0][:20]!r}: image "
-                             "URIs are local paths or gs://")
-    return storage.read_image_bytes(uri, max_bytes)
-
-
 def _fetch(item: dict, max_bytes: int):
     try:
-        return item, read_image_bytes(item["image_uri"], max_bytes), None
+        return item, storage.read_image_bytes(item["image_uri"], max_bytes), None
     except Exception as error:  # missing, forbidden, unreachable, too large: dead letters
         return item, None, error
 

@@ -142,9 +142,7 @@ def _catalog_header(source: str, fmt: str):
     """-> (column names, whether the catalog has at least one row)."""
     import pyarrow.parquet
 
-    if fmt == "csv":
-        names = _csv_header(source)
-    elif fmt == "parquet":
+    if fmt == "parquet":
         with FileSystems.open(source) as stream:
             metadata = pyarrow.parquet.ParquetFile(stream).metadata
             return metadata.schema.to_arrow_schema().names, metadata.num_rows > 0
@@ -152,7 +150,7 @@ def _catalog_header(source: str, fmt: str):
         first = next((row for _, row in _json_lines(source) if isinstance(row, dict)), None)
         return list(first or {}), first is not None
     first = next((batch for batch in _open_table_batches(source, fmt) if batch.num_rows), None)
-    return names, first is not None
+    return _csv_header(source), first is not None
 
 
 def check_glob_matches(pattern: str) -> None:
@@ -179,16 +177,15 @@ def catalog_columns(source: str) -> list:
         raise
     except Exception as error:
         raise CatalogError(f"--catalog {source}: cannot read it ({_first_line(error)})") from None
-    check_header(source, names)
+    passthrough = check_header(source, names)
     if not has_rows:
         raise CatalogError(f"--catalog {source}: the catalog has no rows")
-    return sorted(passthrough_name(name) for name in names
-                  if name not in ("item_id", "image_uri"))
+    return sorted(passthrough)
 
 
-def check_header(source: str, names) -> None:
+def check_header(source: str, names) -> list:
     """Every column named, once; item_id and image_uri present; renamed reserved columns
-    clashing with no other column."""
+    clashing with no other column. Returns the passthrough columns, as named in metadata."""
     unnamed = [str(number) for number, name in enumerate(names, 1) if not str(name).strip()]
     if unnamed:
         raise CatalogError(f"--catalog {source}: column(s) {', '.join(unnamed)} have no name")
@@ -203,6 +200,7 @@ def check_header(source: str, names) -> None:
     if clashes:
         raise CatalogError(f"--catalog {source}: column(s) {', '.join(clashes)} would hold "
                            "two columns once reserved names are prefixed; rename one")
+    return passthrough
 
 
 def _as_text(value):

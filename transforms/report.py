@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from catalog_index import storage
 from catalog_index.report_html import SampleQuery, render, thumbnail_data_uri
 from catalog_index.schema import ERRORS_PREFIX, REPORT_FILE, join, shard_suffix
-from transforms.fetch import read_image_bytes
 
 SAMPLE_QUERIES = 6
 NEIGHBOURS = 5
@@ -45,7 +44,7 @@ def error_groups(version_dir: str) -> list:
 
 def _thumbnail(row: dict):
     try:
-        return thumbnail_data_uri(read_image_bytes(row["image_uri"]))
+        return thumbnail_data_uri(storage.read_image_bytes(row["image_uri"]))
     except Exception:
         return None
 

@@ -187,7 +187,6 @@ class BuildShard(beam.DoFn):
                        "bytes": os.path.getsize(local["index_file"]),
                        "sha256": sha256_of_file(local["index_file"]),
                        "metadata_sha256": sha256_of_file(local["metadata_file"]),
-                       "metadata_rows": spill.count,
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
                        "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
             for key, name in files.items():
