@@ -17,6 +17,14 @@ Fix: embedded workers flush by size only (10 MB, Beam's own threshold), as Dataf
 every other SDK harness does by default (``data_buffer_time_limit_ms`` 0). The timer only
 matters for streaming latency; a batch build loses nothing by waiting for the size
 threshold or the end of the bundle.
+
+A second, smaller gap is memory: ``execution.GroupingBuffer.partition`` encodes a
+GroupByKey's whole decoded table into one output stream per worker, copies each stream
+(``get()``), and only then clears the table. For a moment the runner holds every grouped
+value three times; at the shard stage that is every item's vector (100,000 items: 1.68 GB
+to 2.83 GB in 20 s). ``GroupByGroupBuffer`` encodes one group at a time into a chunk of
+its own and drops the group's decoded values as soon as they are encoded, so the runner
+holds the table once plus one group. The bytes sent to the workers are the same.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+from apache_beam.coders.coder_impl import create_OutputStream
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner, execution, worker_handlers
 
 # Longer than any bundle lives: the timer thread never fires (about 24.8 days).
 _NEVER_MS = 2 ** 31 - 1
@@ -45,9 +54,47 @@ def return_freed_memory() -> None:
         pass  # not glibc
 
 
+class GroupByGroupBuffer(execution.GroupingBuffer):
+    """Beam's grouping buffer, partitioned one group at a time (see the module's docstring)."""
+
+    def partition(self, n: int) -> list[list[bytes]]:
+        if self._grouped_output:
+            return self._grouped_output
+        if not self._windowing.is_default():
+            return super().partition(n)  # triggers: Beam's own path (the build has none)
+        coder_impl = self._post_grouped_coder.get_impl()
+        key_coder_impl = self._key_coder.get_impl()
+        self._grouped_output = [[] for _ in range(n)]
+        for index, encoded_key in enumerate(list(self._table)):
+            values = self._table.pop(encoded_key)
+            stream = create_OutputStream()
+            coder_impl.encode_to_stream(
+                _ON_TIME_IN_THE_GLOBAL_WINDOW.with_value(
+                    (key_coder_impl.decode(encoded_key), values)), stream, True)
+            del values
+            self._grouped_output[index % n].append(stream.get())
+        return self._grouped_output
+
+
+def _on_time_in_the_global_window():
+    from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+    from apache_beam.utils import windowed_value
+
+    return GlobalWindows.windowed_value(
+        None, timestamp=GlobalWindow().max_timestamp(),
+        pane_info=windowed_value.PaneInfo(
+            is_first=True, is_last=True, timing=windowed_value.PaneInfoTiming.ON_TIME,
+            index=0, nonspeculative_index=0))
+
+
+# The window and pane Beam's GroupingBuffer gives every group in the global window.
+_ON_TIME_IN_THE_GLOBAL_WINDOW = _on_time_in_the_global_window()
+
+
 class LocalRunner(FnApiRunner):
     """The FnApiRunner with its embedded workers' timed flush switched off, grouped values
-    read by the workers page by page, and freed memory given back."""
+    partitioned group by group and read by the workers page by page, and freed memory
+    given back."""
 
     def __init__(self, **kwargs):
         # A GroupByKey's output is otherwise sent to the worker whole, before the first
@@ -60,5 +107,7 @@ class LocalRunner(FnApiRunner):
     def run_pipeline(self, pipeline, options):
         # Read by EmbeddedGrpcWorkerHandler when it starts a worker for this pipeline.
         worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = _NEVER_MS
+        # Looked up by name when the runner makes a buffer for a GroupByKey's output.
+        execution.GroupingBuffer = GroupByGroupBuffer
         return_freed_memory()
         return super().run_pipeline(pipeline, options)
