@@ -28,16 +28,16 @@ from benchmarks.build_throughput import add_catalog_arguments, catalog_paths, me
 def _stages():
     """(class, method, label) for every stage that does per-item work."""
     from models.loader import TFLiteEmbeddingModel
-    from transforms import annoy_shard, caption, embed, fetch, preprocess, report, write_metadata
+    from transforms import caption, embed, fetch, preprocess, report, shard, text_index
 
-    return [(fetch.FetchImageBatch, "process", "fetch (read + sha256)"),
+    return [(fetch.FetchImage, "process", "fetch (read + sha256)"),
             (preprocess.DecodeImage, "process", "decode + resize"),
             (TFLiteEmbeddingModel, "_run", "inference (TFLite)"),
             (embed.EmbeddingModelHandler, "run_inference", "inference handler (incl. TFLite)"),
             (embed._CheckEmbedding, "process", "check embedding"),
             (caption.CaptionItem, "process", "caption"),
-            (annoy_shard.BuildAnnoyShard, "process", "Annoy build + recall tuning"),
-            (write_metadata.WriteShardParquet, "process", "Parquet"),
+            (shard.BuildShard, "process", "shard: spill, sort, Annoy, Parquet"),
+            (text_index._BuildTextIndex, "process", "text index"),
             (report._WriteReport, "process", "report")]
 
 

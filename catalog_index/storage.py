@@ -34,6 +34,18 @@ def split_gcs(path: str) -> Tuple[str, str]:
 # Downloads a worker overlaps at most: the HTTP connection pool is sized to match.
 MAX_CONCURRENT_REQUESTS = 64
 
+# How long one GCS call is retried (408, 429, 5xx, dropped connections), with the client's
+# exponential backoff, before it fails.
+RETRY_SECONDS = 120.0
+
+
+def retry():
+    """The client's DEFAULT_RETRY, over RETRY_SECONDS. Every call made with it is idempotent:
+    reads, whole-object writes (the same bytes again), and LATEST's conditional write."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(RETRY_SECONDS)
+
 
 class PublishConflict(StorageError):
     """LATEST changed since this build read it: another build published first."""
@@ -88,13 +100,12 @@ def _blob(path: str):
 
 def read_bytes(path: str) -> bytes:
     """The whole object. On GCS, 408/429/5xx and dropped connections are retried with
-    exponential backoff (the client's DEFAULT_RETRY); a missing object is FileNotFoundError."""
+    exponential backoff (:func:`retry`); a missing object is FileNotFoundError."""
     if is_gcs(path):
         from google.api_core import exceptions
-        from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:
-            return _blob(path).download_as_bytes(retry=DEFAULT_RETRY)
+            return _blob(path).download_as_bytes(retry=retry())
         except exceptions.NotFound:
             raise FileNotFoundError(f"no such object: {path}") from None
     with open(path, "rb") as stream:
@@ -122,10 +133,9 @@ def read_image_bytes(path: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> byt
                              "URIs are local paths or gs://")
     if is_gcs(path):
         from google.api_core import exceptions
-        from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:  # one request: the first max_bytes + 1 bytes say whether it is too large
-            data = _blob(path).download_as_bytes(start=0, end=max_bytes, retry=DEFAULT_RETRY)
+            data = _blob(path).download_as_bytes(start=0, end=max_bytes, retry=retry())
         except exceptions.NotFound:
             raise FileNotFoundError(f"no such object: {path}") from None
         except exceptions.RequestRangeNotSatisfiable:
@@ -153,7 +163,7 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write a whole object; locally through a temporary file and a rename, so a reader
     never sees half a file (GCS objects are atomic by nature)."""
     if is_gcs(path):
-        _blob(path).upload_from_string(data)
+        _blob(path).upload_from_string(data, retry=retry())
         return
 
     def write(tmp):
@@ -193,14 +203,14 @@ def write_text(path: str, text: str) -> None:
 def upload_file(local_path: str, path: str) -> None:
     """Copy a local file (a shard: possibly gigabytes) to ``path`` without reading it whole."""
     if is_gcs(path):
-        _blob(path).upload_from_filename(local_path)
+        _blob(path).upload_from_filename(local_path, retry=retry())
         return
     atomic_local_write(path, lambda tmp: shutil.copyfile(local_path, tmp))
 
 
 def download_file(path: str, local_path: str) -> None:
     if is_gcs(path):
-        _blob(path).download_to_filename(local_path)
+        _blob(path).download_to_filename(local_path, retry=retry())
         return
     shutil.copyfile(path, local_path)
 
@@ -264,7 +274,7 @@ def replace_latest(path: str, text: str, token) -> None:
         from google.api_core import exceptions
 
         try:
-            _blob(path).upload_from_string(text, if_generation_match=token)
+            _blob(path).upload_from_string(text, if_generation_match=token, retry=retry())
         except exceptions.PreconditionFailed:
             current = read_optional_text(path)
             if current != text:

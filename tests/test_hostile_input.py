@@ -8,7 +8,11 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -246,3 +250,65 @@ def test_storage_failures_are_marked_retryable_in_errors(make_error, retryable):
 
     row = dead_letter({"item_id": "x", "image_uri": "gs://b/x.jpg"}, "fetch", make_error()).value
     assert row["retryable"] is retryable
+
+
+def _first_file(folder, suffix):
+    for parent, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(suffix):
+                return os.path.join(parent, name)
+    return None
+
+
+# Where a `--replace` build is killed: (when it is reached, seconds after that). While its
+# stages run (3 s after it started logging), once it has begun writing shard files, and
+# once its manifest is written (the last file before LATEST).
+KILL_POINTS = {
+    "running": (lambda log, version: os.path.exists(log), 3.0),
+    "writing shards": (lambda log, version: _first_file(version, ".ann") is not None, 0),
+    "manifest written": (
+        lambda log, version: os.path.exists(os.path.join(version, "manifest.json")), 0),
+}
+
+
+def test_replace_killed_at_any_point_leaves_latest_valid_and_queryable(published, tmp_path):
+    from search import PublishedIndex
+
+    _, output = published
+    root = str(tmp_path / "root")
+    shutil.copytree(output, root)
+    catalog = tmp_path / "catalog.csv"
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title"])
+        for item_id, name in [(name, name) for name in PHOTOS] + [("coffee-2", "coffee")]:
+            writer.writerow([item_id, os.path.join(os.path.dirname(output), "img",
+                                                   f"{name}.jpg"), f"A {name}"])
+    command = [sys.executable, "-m", "pipelines.cli", "build", "--catalog", str(catalog),
+               "--output", root, "--num-shards", "3"]
+    argv = command + ["--version-id", "v2", "--replace"]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    log = os.path.join(str(tmp_path), "catalog-index", "build-v2.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    version = version_dir(root, "v2")
+    killed_at = {}
+    for point, (reached, then) in KILL_POINTS.items():
+        if os.path.exists(log):
+            os.remove(log)
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        while process.poll() is None and not reached(log, version):
+            time.sleep(0.005)
+        time.sleep(then)
+        process.send_signal(signal.SIGKILL)
+        killed_at[point] = process.wait() == -signal.SIGKILL
+        published_now = open(os.path.join(root, "LATEST")).read().strip()
+        index = PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))
+        assert index.version_id == published_now
+        assert index.query_vector(index.vector("coffee"), k=1)[0].item_id == "coffee"
+    assert all(killed_at.values()), killed_at  # each build was killed before it finished
+    # The last kill may have come after LATEST was written: v2 is then the published one.
+    assert subprocess.run(command + ["--version-id", "v3"], env=env,
+                          capture_output=True).returncode == 0
+    assert open(os.path.join(root, "LATEST")).read().strip() == "v3"
+    assert len(PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))) == len(PHOTOS) + 1

@@ -1,29 +1,41 @@
 """FetchImages: read each item's image bytes (local or gs://) and their sha256.
 
-Millions of small objects are read fastest many at a time: items are grouped into batches
-(Beam's BatchElements) and each batch is downloaded by one thread pool per process, sized
-to the storage client's connection pool and shared by all the worker threads of the
-process, through the one storage client of the process. Transient GCS errors
-(429, 5xx, dropped connections) are retried with backoff by the client; a missing or
-unreadable image becomes a dead letter of stage ``fetch``.
+Millions of small objects are read fastest many at a time, and a few of them are always
+slow. Each worker thread keeps a window of downloads in flight (``window``, the storage
+client's connection pool size by default) in one thread pool per process, through the one
+storage client of the process, and hands each item on as soon as its download ends. A slow
+object holds up one slot of the window, never the others: there are no rounds to wait for.
+Transient GCS errors (429, 5xx, dropped connections) are retried with backoff by the
+client; a missing or unreadable image becomes a dead letter of stage ``fetch``.
+
+Local files are read in place (about 15 us each, less than a hand-off to a pool thread).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from catalog_index import storage
 from transforms.errors import ERRORS, counter, dead_letter
+
 
 def _fetch(item: dict, max_bytes: int):
     try:
         return item, storage.read_image_bytes(item["image_uri"], max_bytes), None
     except Exception as error:  # missing, forbidden, unreachable, too large: dead letters
         return item, None, error
+
+
+def _fetched(item: dict, data, error):
+    if error is not None:
+        return dead_letter(item, "fetch", error)
+    counter("fetched").inc()
+    return {**item, "image_bytes": data, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,32 +48,49 @@ def _is_remote(item: dict) -> bool:
     return "://" in item["image_uri"]
 
 
-class FetchImageBatch(beam.DoFn):
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+class FetchImage(beam.DoFn):
+    """One item in, the item with its bytes (or a dead letter) out, in the order downloads
+    end. At most ``window`` downloads of this DoFn instance are in flight."""
 
-    def process(self, batch):
-        # Remote objects are downloaded many at a time; a local file is read in about 15 us,
-        # less than handing it to a pool thread and back costs.
-        fetch_all = download_pool().map if any(map(_is_remote, batch)) else map
-        fetch = functools.partial(_fetch, max_bytes=self.max_bytes)
-        for item, data, error in fetch_all(fetch, batch):
-            if error is not None:
-                yield dead_letter(item, "fetch", error)
-                continue
-            counter("fetched").inc()
-            yield {**item, "image_bytes": data, "sha256": hashlib.sha256(data).hexdigest()}
+    def __init__(self, max_bytes: int, window: int):
+        self.max_bytes, self.window = max_bytes, window
+        self._in_flight: set[Future] = set()
+
+    def start_bundle(self):
+        self._in_flight = set()
+
+    def process(self, item):
+        if not _is_remote(item):
+            yield _fetched(*_fetch(item, self.max_bytes))
+            return
+        self._in_flight.add(download_pool().submit(_fetch, item, self.max_bytes))
+        # Hand on what has ended; wait only when the window is full, and then for one.
+        yield from self._ended(block=len(self._in_flight) >= self.window)
+
+    def finish_bundle(self):
+        while self._in_flight:
+            for output in self._ended(block=True):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(
+                        output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
+
+    def _ended(self, block: bool):
+        done, self._in_flight = wait(self._in_flight, timeout=None if block else 0,
+                                     return_when=FIRST_COMPLETED)
+        for future in done:
+            yield _fetched(*future.result())
 
 
 class FetchImages(beam.PTransform):
     """items -> items with ``image_bytes`` and ``sha256``; failures tagged ``errors``."""
 
-    def __init__(self, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES, batch_size: int = 64):
+    def __init__(self, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES,
+                 window: int = storage.MAX_CONCURRENT_REQUESTS):
         super().__init__()
-        self.max_bytes, self.batch_size = max_bytes, batch_size
+        self.max_bytes, self.window = max_bytes, window
 
     def expand(self, items):
-        return (items
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.batch_size)
-                | "Fetch" >> beam.ParDo(FetchImageBatch(self.max_bytes)).with_outputs(
-                    ERRORS, main="items"))
+        return items | "Fetch" >> beam.ParDo(FetchImage(self.max_bytes, self.window)).with_outputs(
+            ERRORS, main="items")
