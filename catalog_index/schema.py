@@ -24,7 +24,8 @@ import re
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: metadata columns caption_source and caption_confidence (captions in the catalog's words).
+SCHEMA_VERSION = 2
 ANNOY_METRIC = "angular"
 
 MANIFEST_FILE = "manifest.json"
@@ -51,6 +52,10 @@ METADATA_FIELDS = [
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("caption", pa.string()),
+    # "catalog" (a phrase of the item's own text), "learned" (predicted from its image in
+    # the catalog's words) or "labels" (ImageNet labels and colors), and how sure (0..1).
+    pa.field("caption_source", pa.string()),
+    pa.field("caption_confidence", pa.float32()),
     pa.field("labels", pa.list_(LABEL_TYPE)),
     pa.field("colors", pa.list_(COLOR_TYPE)),
 ]

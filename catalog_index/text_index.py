@@ -3,13 +3,26 @@ built once at build time and stored in ``text/`` (checksummed in the manifest), 
 opening a version never re-tokenizes the catalog. Beam-free: the build and the reader share
 it.
 
+Analyzer (:func:`analyze`, the same for documents and queries): Unicode folded to ASCII
+("Café" -> "cafe"), lower case, letters joined across hyphens and apostrophes ("T-shirt"
+-> "tshirt", so "t-shirts" finds "T-shirt/top" and not "Shirt"), split on anything else,
+English stop words dropped, and Snowball-stemmed ("trousers" -> "trouser").
+
+Fields: BM25 has one field, so fields are weighted the usual BM25F way, by repeating a
+field's terms: ``title`` counts 3 times, ``category`` twice, the caption and other text
+columns once (:data:`FIELD_WEIGHTS`). BM25's term saturation keeps a repeated field from
+dominating: a title match outranks a caption match, several caption matches can still win.
+
 Document ids run over the shards in order: shard s's item with Annoy id a is document
 ``offsets[s] + a``, where ``offsets`` are the running sums of the shards' item counts.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import unicodedata
 from typing import List, Sequence
 
 import numpy as np
@@ -23,6 +36,33 @@ TEXT_FIELDS = ("caption",)
 _NOT_TEXT = {field.name for field in METADATA_FIELDS} - set(TEXT_FIELDS)
 
 
+# How many times a field's terms count; columns not named here count once.
+FIELD_WEIGHTS = {"title": 3, "category": 2}
+_JOINED = re.compile(r"(?<=[a-z0-9])['\u2019-](?=[a-z0-9])")
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+@functools.lru_cache(maxsize=1)
+def _stopwords() -> frozenset:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def analyze(text: str) -> List[str]:
+    """The terms of a text, as documents and queries are indexed (see the module's doc)."""
+    folded = unicodedata.normalize("NFKD", text or "").encode("ascii", "ignore").decode()
+    words = _TOKEN.findall(_JOINED.sub("", folded.lower()))
+    return _stemmer().stemWords([word for word in words if word not in _stopwords()])
+
+
 def text_columns(schema: pa.Schema) -> List[str]:
     """The caption, then every passthrough string column, in schema order."""
     passthrough = [field.name for field in schema
@@ -31,10 +71,14 @@ def text_columns(schema: pa.Schema) -> List[str]:
     return [*TEXT_FIELDS, *passthrough]
 
 
-def documents(table: pa.Table) -> List[str]:
-    """One document per metadata row: its text columns joined by spaces."""
-    columns = [table.column(name).to_pylist() for name in text_columns(table.schema)]
-    return [" ".join(value or "" for value in values) for values in zip(*columns)]
+def documents(table: pa.Table) -> List[List[str]]:
+    """One document per metadata row: the terms of its text columns, each column's repeated
+    its field weight."""
+    names = text_columns(table.schema)
+    weights = [FIELD_WEIGHTS.get(name, 1) for name in names]
+    columns = [table.column(name).to_pylist() for name in names]
+    return [[term for value, weight in zip(values, weights) for term in analyze(value) * weight]
+            for values in zip(*columns)]
 
 
 def build_text_index(tables: Sequence[pa.Table], folder: str) -> List[str]:
@@ -47,8 +91,7 @@ def build_text_index(tables: Sequence[pa.Table], folder: str) -> List[str]:
     if not corpus:  # an empty version has an empty text index: no files
         return []
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False),
-                    show_progress=False)
+    retriever.index(corpus, show_progress=False)
     retriever.save(folder, show_progress=False)
     return sorted(os.listdir(folder))
 
@@ -67,14 +110,22 @@ class TextIndex:
     def size(self) -> int:
         return int(self.offsets[-1])
 
+    def document(self, shard: int, annoy_id: int) -> int:
+        return int(self.offsets[shard] + annoy_id)
+
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 score of every document for ``text`` (zeros when no term is indexed)."""
+        terms = [term for term in analyze(text) if self.size and term in self.retriever.vocab_dict]
+        if not terms:
+            return np.zeros(self.size, np.float32)
+        return np.asarray(self.retriever.get_scores(terms), dtype=np.float32)
+
     def search(self, text: str, k: int):
         """-> [(shard, annoy_id, score)], best first, only documents that match."""
-        import bm25s
-
-        query = bm25s.tokenize([text], stopwords="en", show_progress=False)
-        if not self.size or not query.vocab:
+        terms = [term for term in analyze(text) if term in self.retriever.vocab_dict]
+        if not self.size or not terms:
             return []
-        ids, scores = self.retriever.retrieve(query, k=min(k, self.size), show_progress=False)
+        ids, scores = self.retriever.retrieve([terms], k=min(k, self.size), show_progress=False)
         found = []
         for document, score in zip(ids[0], scores[0]):
             if score > 0:

@@ -121,8 +121,13 @@ class LabelColorCaptioner(Captioner):
         if probabilities is None:
             return []
         names = self.class_names or imagenet_class_names()
-        best = np.argsort(-probabilities, kind="stable")[: self.top_k]
-        return [(names[i], round(float(probabilities[i]), 4)) for i in best]
+        # Distinct classes can share a name ("tabby cat" twice, "missile" twice): one label
+        # per name, with the classes' probabilities added up.
+        by_name = {}
+        for i in np.argsort(-probabilities, kind="stable")[: self.top_k * 3]:
+            by_name[names[i]] = by_name.get(names[i], 0.0) + float(probabilities[i])
+        ranked = sorted(by_name.items(), key=lambda pair: -pair[1])[: self.top_k]
+        return [(name, round(score, 4)) for name, score in ranked]
 
     def caption(self, probabilities, pixels) -> Caption:
         labels = self._labels(probabilities)

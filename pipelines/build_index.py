@@ -26,13 +26,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from catalog_index import storage
 from catalog_index.progress import ProgressReporter
-from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId,
+from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId, passthrough_name,
                                   check_version_id, join, version_dir)
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from pipelines.console import quiet_output
 from runners.local import LocalRunner
+from models import caption_transfer
 from transforms.caption import Caption
+from transforms.caption_transfer import LearnCaptions
 from transforms.embed import Embed, EmbeddingModelHandler
 from transforms.errors import ERRORS
 from transforms.fetch import FetchImages
@@ -65,6 +67,16 @@ class UsageError(Exception):
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message)
+
+
+CAPTION_METHODS = ("head", "neighbours", "labels")
+
+
+def _column_list(text: str) -> List[str]:
+    columns = [column.strip() for column in text.split(",") if column.strip()]
+    if not columns:
+        raise argparse.ArgumentTypeError(f"{text!r} names no column")
+    return columns
 
 
 def _positive_int(text: str) -> int:
@@ -167,6 +179,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
+    option("text-columns", type=_column_list, default=None, metavar="A,B",
+           help="catalog columns that say what a product is, for captions in the catalog's "
+                "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
+                + ", those the catalog has)")
+    option("caption-method", choices=CAPTION_METHODS, default="head",
+           help="how untitled items get captions in the catalog's words: head (default: a "
+                "linear head fitted on a sample of the items with text), neighbours (votes "
+                "of the nearest such items), or labels (ImageNet labels and colors only)")
 
 
 def parse_args(argv: List[str]):
@@ -226,13 +246,16 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                                     precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
+    caption_model = captioned.items | "LearnCaptions" >> LearnCaptions(
+        build["text_columns"], args.caption_method)
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
     shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(num_shards)
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
-        args.seed, args.min_recall, model_info.fingerprint), num_shards)
+        args.seed, args.min_recall, model_info.fingerprint, build["text_columns"]),
+        num_shards, caption_model)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
                captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
@@ -269,6 +292,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     if storage.is_gcs(args.output) or storage.is_gcs(args.catalog):
         storage.gcs_client()  # fails now, in one line, when credentials are missing
     passthrough = catalog_columns(args.catalog)
+    text_columns = choose_text_columns(args.text_columns, passthrough)
     if not storage.is_gcs(args.output):
         check_writable_folder(args.output)
     version_id = args.version_id or default_version_id()
@@ -299,11 +323,25 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "inference_threads": args.inference_threads or default_inference_threads(
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
-            "passthrough_columns": passthrough, "latest_token": latest_token,
+            "passthrough_columns": passthrough, "text_columns": text_columns,
+            "latest_token": latest_token,
             "previous": previous_version_summary(args.output, latest_version),
             "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
                      "max_count_drop": args.max_count_drop,
                      "allow_model_change": args.allow_model_change}}
+
+
+def choose_text_columns(requested, passthrough) -> List[str]:
+    """The metadata columns captions learn from: those named (each must exist), or the
+    default ones the catalog has."""
+    if requested is None:
+        return [passthrough_name(c) for c in caption_transfer.DEFAULT_TEXT_COLUMNS
+                if passthrough_name(c) in passthrough]
+    missing = [c for c in requested if passthrough_name(c) not in passthrough]
+    if missing:
+        raise UsageError(f"--text-columns: the catalog has no column {', '.join(missing)} "
+                         f"(it has {', '.join(passthrough) or 'only item_id and image_uri'})")
+    return [passthrough_name(c) for c in requested]
 
 
 def check_writable_folder(output_root: str) -> None:

@@ -2,6 +2,7 @@
 a text, best first.
 
     catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
+    catalog-index query --index ROOT --image PATH --text "red" [--text-weight 0.5]
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 from typing import List, Optional
 
 from catalog_index.storage import read_image_bytes
-from search.index import IndexIntegrityError, ModelMismatchError, PublishedIndex
+from search.index import (DEFAULT_TEXT_WEIGHT, IndexIntegrityError, ModelMismatchError,
+                          PublishedIndex)
 
 SHOWN_COLUMNS = ("caption", "image_uri")
 MAX_K = 10_000
@@ -39,11 +41,15 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--index", required=True, metavar="ROOT",
                         help="output root of the build (local or gs://)")
     parser.add_argument("--version", metavar="ID", help="a version id (default: LATEST)")
-    query = parser.add_mutually_exclusive_group(required=True)
+    query = parser.add_mutually_exclusive_group()
     query.add_argument("--image", metavar="PATH", help="an image file, local or gs://")
     query.add_argument("--item-id", "--item_id", dest="item_id", metavar="ID",
                        help="an indexed item: more like it")
-    query.add_argument("--text", help="words to match against captions and titles")
+    parser.add_argument("--text", help="words to match against titles, categories and "
+                        "captions; with --image or --item-id, the two are fused")
+    parser.add_argument("--text-weight", type=float, default=DEFAULT_TEXT_WEIGHT, metavar="W",
+                        help="with an image and a text, how much the text counts, 0..1 "
+                             f"(default {DEFAULT_TEXT_WEIGHT})")
     parser.add_argument("-k", type=int, default=10,
                         help=f"number of results (default 10, at most {MAX_K:,})")
     parser.add_argument("--json", action="store_true",
@@ -53,6 +59,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         parser.error(f"-k must be between 1 and {MAX_K:,}")
     if args.item_id is not None and not args.item_id.strip():
         parser.error("--item-id must not be empty")
+    if args.image is None and args.item_id is None and args.text is None:
+        parser.error("one of --image, --item-id or --text is required")
+    if not 0.0 <= args.text_weight <= 1.0:
+        parser.error("--text-weight must be between 0 and 1")
     return args
 
 
@@ -61,9 +71,11 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         index = PublishedIndex.open(args.index, args.version)
         if args.image:
-            hits = index.query_image(read_image_bytes(args.image), args.k)
+            hits = index.query(image=read_image_bytes(args.image), text=args.text, k=args.k,
+                               text_weight=args.text_weight)
         elif args.item_id:
-            hits = index.query_item(args.item_id, args.k)
+            hits = index.query(vector=index.vector(args.item_id), text=args.text, k=args.k,
+                               text_weight=args.text_weight, exclude=[args.item_id])
         else:
             hits = index.query_text(args.text, args.k)
     except (OSError, KeyError, IndexIntegrityError, ModelMismatchError, ValueError) as error:

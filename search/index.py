@@ -40,6 +40,11 @@ class ModelMismatchError(ValueError):
     """The model at hand is not the one that built the index: its vectors would not match."""
 
 
+# Image + text queries: how much the text counts, and how many candidates each side brings.
+DEFAULT_TEXT_WEIGHT = 0.5
+FUSION_CANDIDATES = 200
+
+
 @dataclass(frozen=True)
 class Hit:
     item_id: str
@@ -192,12 +197,55 @@ class PublishedIndex:
 
     def query_image(self, image: bytes, k: int = 10) -> List[Hit]:
         """Embed an image file's bytes exactly as the build did, then search."""
+        return self.query_vector(self.embed_image(image), k)
+
+    def embed_image(self, image: bytes) -> np.ndarray:
         from models.preprocessing import PreprocessingSpec, preprocess_image
 
         model = self.model()
         spec = PreprocessingSpec.from_dict(self.manifest["model"]["preprocessing"])
         pixels = preprocess_image(image, spec).pixels
-        return self.query_vector(model.predict(pixels[None]).embeddings[0], k)
+        return model.predict(pixels[None]).embeddings[0]
+
+    def query(self, image: Optional[bytes] = None, text: Optional[str] = None, k: int = 10,
+              text_weight: float = DEFAULT_TEXT_WEIGHT, vector: Optional[np.ndarray] = None,
+              exclude: Sequence[str] = ()) -> List[Hit]:
+        """Image, text, or both ("this shoe, but in red"). With both, the candidates are the
+        FUSION_CANDIDATES nearest images and the FUSION_CANDIDATES best text matches, each
+        scored ``(1 - text_weight) * cosine + text_weight * bm25 / best bm25`` (the best
+        among the candidates), best first; ``score`` is that fused value. ``vector``
+        stands in for an image already embedded."""
+        if image is not None:
+            vector = self.embed_image(image)
+        if vector is None:
+            if text is None:
+                raise ValueError("query needs an image, a vector or a text")
+            return self.query_text(text, k)
+        if not text or not text.strip():
+            return self.query_vector(vector, k, exclude=exclude)
+        vector = np.asarray(vector, dtype=np.float32)
+        vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        text_index = self._text()
+        bm25 = text_index.scores(text)
+        candidates = {}  # item_id -> (shard number, annoy_id)
+        for hit in self.query_vector(vector, FUSION_CANDIDATES, exclude=exclude):
+            candidates[hit.item_id] = (hit.metadata["shard"], hit.metadata["annoy_id"])
+        for shard, annoy_id, _ in text_index.search(text, FUSION_CANDIDATES + len(exclude)):
+            item_id = self.shards[shard].metadata.column("item_id")[annoy_id].as_py()
+            if item_id not in exclude:
+                candidates.setdefault(item_id, (shard, annoy_id))
+        text_scores = {item_id: float(bm25[text_index.document(*where)])
+                       for item_id, where in candidates.items()}
+        best_text = max(text_scores.values(), default=0.0) or 1.0
+        fused = []
+        for item_id, (shard, annoy_id) in candidates.items():
+            stored = np.asarray(self.shards[shard].annoy.get_item_vector(annoy_id), np.float32)
+            cosine = float(stored @ vector) / max(float(np.linalg.norm(stored)), 1e-12)
+            fused.append(((1 - text_weight) * cosine + text_weight * text_scores[item_id] / best_text,
+                          item_id, shard, annoy_id))
+        fused.sort(key=lambda hit: (-hit[0], hit[1]))
+        return [Hit(item_id, score, self.shards[shard].row(annoy_id))
+                for score, item_id, shard, annoy_id in fused[:k]]
 
     def model(self, spec: Optional[str] = None, runtime: str = "auto"):
         """The model that built this version (or ``spec``), refused unless its fingerprint
@@ -223,12 +271,15 @@ class PublishedIndex:
     def query_text(self, text: str, k: int = 10) -> List[Hit]:
         """BM25 over each item's caption and text columns (title, category, ...), with the
         text index the build wrote."""
-        with self._lock:
-            if self._text_index is None:
-                self._text_index = self._open_text_index()
         return [Hit(row["item_id"], score, row) for row, score in (
             (self.shards[shard].row(annoy_id), score)
-            for shard, annoy_id, score in self._text_index.search(text, k))]
+            for shard, annoy_id, score in self._text().search(text, k))]
+
+    def _text(self) -> TextIndex:
+        with self._lock:  # concurrent first queries open it once
+            if self._text_index is None:
+                self._text_index = self._open_text_index()
+        return self._text_index
 
     def _open_text_index(self) -> TextIndex:
         if not self.manifest.get("text_index"):

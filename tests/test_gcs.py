@@ -83,10 +83,10 @@ def test_failure_after_shards_are_written_keeps_latest_and_rerun_completes(
 
     original = shard.BuildShard.build
 
-    def crash_on_last_shard(self, number, records, num_shards):
+    def crash_on_last_shard(self, number, records, num_shards, *model):
         if number == 2:
             raise RuntimeError("injected: worker lost while writing shard 2")
-        return original(self, number, records, num_shards)
+        return original(self, number, records, num_shards, *model)
 
     monkeypatch.setattr(shard.BuildShard, "build", crash_on_last_shard)
     assert run(["--catalog", catalog, "--output", root, "--num-shards", "3",

@@ -160,9 +160,12 @@ def test_tampered_metadata_is_refused(index_copy):
 
 def reference_reader(output, version="v1"):
     """The reader as it was before it kept metadata in Arrow: every row a dict, by annoy id
-    per shard, and a BM25 index built on open from the rows in shard order."""
+    per shard, and a BM25 index built on open from the rows in shard order (with today's
+    analyzer and field weights)."""
     from annoy import AnnoyIndex
     import bm25s
+
+    from catalog_index.text_index import FIELD_WEIGHTS, analyze
 
     folder = version_dir(output, version)
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
@@ -175,11 +178,11 @@ def reference_reader(output, version="v1"):
         rows.extend(table)
     passthrough = [name for name in rows[0] if name not in {
         "item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "height", "labels",
-        "colors", "caption"}]
+        "colors", "caption", "caption_source", "caption_confidence"}]
     bm25 = bm25s.BM25()
-    bm25.index(bm25s.tokenize([" ".join(str(row.get(name) or "") for name in
-                                        ("caption", *passthrough)) for row in rows],
-                              stopwords="en", show_progress=False), show_progress=False)
+    bm25.index([[term for name in ("caption", *passthrough)
+                 for term in analyze(row.get(name)) * FIELD_WEIGHTS.get(name, 1)]
+                for row in rows], show_progress=False)
 
     def query_item(item_id, k):
         row = next(row for row in rows if row["item_id"] == item_id)
@@ -194,7 +197,7 @@ def reference_reader(output, version="v1"):
                 if item != item_id][:k]
 
     def query_text(text, k):
-        query = bm25s.tokenize([text], stopwords="en", show_progress=False)
+        query = [[term for term in analyze(text) if term in bm25.vocab_dict]]
         ids, scores = bm25.retrieve(query, k=min(k, len(rows)), show_progress=False)
         return [rows[i]["item_id"] for i, score in zip(ids[0], scores[0]) if score > 0]
 

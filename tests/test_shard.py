@@ -16,13 +16,16 @@ from transforms.shard import BuildShard, shard_count, shard_record
 DIMENSION = 1280
 # Written by the in-memory shard stage this one replaced (a list of item dicts, sorted in
 # Python; commit cf76230) for synthetic_items() as shard 2 of 4: Annoy 1.17.3, 16 trees,
-# seed 42. The Parquet files of that run had these digests with pyarrow 25.0.1.
+# seed 42. The Parquet files of that run had these digests with pyarrow 25.0.1; the
+# Parquet files changed once since, by design, with schema 2: the metadata file gained
+# caption_source and caption_confidence, and both files' schemas say schema_version 2. The
+# .ann file did not change.
 BEFORE = {"index/shard-00002-of-00004.ann":
           "5d3bf439435f447d87326532e67ed8eca834a86c1e496591b541177488caa326",
           "metadata/part-00002-of-00004.parquet":
-          "fa615310a9ba7ee1a420afd24f510ecf2615110bdc7de455809787a66ba44cf1",
+          "45017235d67b1e372ee77e0813bfee16fef2feb3c5c9fdb6d5add66b092cf6f4",
           "embeddings/part-00002-of-00004.parquet":
-          "f986797c2886623517d63a7f1df38432083be2e20f25ff26ba8f285f341fddbb"}
+          "b4317cfe6cd619c63ce6318f071a74572d10e05fdb7adad348a4c52125a85a45"}
 
 
 def synthetic_items(count=300, dimension=DIMENSION, seed=7):

@@ -5,7 +5,6 @@ one line that says how to publish the finished version."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -13,6 +13,7 @@ from transforms.errors import ERRORS, counter, dead_letter
 class CaptionItem(beam.DoFn):
     def __init__(self, captioner: Captioner):
         self.captioner = captioner
+        self.captioner_threshold = getattr(captioner, "threshold", 0.0)
 
     def process(self, item):
         x0, y0, x1, y1 = item.pop("content_box")
@@ -24,7 +25,9 @@ class CaptionItem(beam.DoFn):
             yield dead_letter(item, "caption", error)
             return
         counter("captioned").inc()
-        yield {**item, "caption": caption.text,
+        confident = [score for _, score in caption.labels if score >= self.captioner_threshold]
+        yield {**item, "caption": caption.text, "caption_source": "labels",
+               "caption_confidence": confident[0] if confident else 0.0,
                "labels": [{"label": label, "score": score} for label, score in caption.labels],
                "colors": [{"name": name, "fraction": share} for name, share in caption.colors]}
 

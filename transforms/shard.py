@@ -28,6 +28,7 @@ from catalog_index import ann, storage
 from catalog_index.schema import (embeddings_file, index_file, join, metadata_file,
                                   metadata_schema, shard_of)
 from catalog_index.storage import sha256_of_file
+from models import caption_transfer
 from transforms.errors import counter
 from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
@@ -40,8 +41,8 @@ from transforms.write_metadata import write_embeddings_parquet, write_metadata_p
 DEFAULT_MAX_ITEMS_PER_SHARD = 10_000
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
-METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "labels", "colors",
-                 "passthrough")
+METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "caption_source",
+                 "caption_confidence", "labels", "colors", "passthrough")
 
 
 def shard_count(catalog_rows: int, max_items_per_shard: int) -> int:
@@ -153,23 +154,25 @@ class BuildShard(beam.DoFn):
     summary dict for the manifest. Same records + same options -> same bytes."""
 
     def __init__(self, version_dir: str, passthrough_columns, dimension: int, n_trees: int,
-                 seed: int, target_recall: float, model_fingerprint: str):
+                 seed: int, target_recall: float, model_fingerprint: str, text_columns=()):
         self.version_dir, self.dimension = version_dir, dimension
         self.passthrough_columns = list(passthrough_columns)
+        self.text_columns = [c for c in text_columns if c in self.passthrough_columns]
         self.n_trees, self.seed, self.target_recall = n_trees, seed, target_recall
         self.model_fingerprint = model_fingerprint
 
-    def process(self, shard_records, num_shards: int):
+    def process(self, shard_records, num_shards: int, caption_model=None):
         shard, records = shard_records
         with _ONE_SHARD_AT_A_TIME:
-            yield self.build(shard, records, num_shards)
+            yield self.build(shard, records, num_shards, caption_model)
 
-    def build(self, shard: int, records, num_shards: int) -> dict:
+    def build(self, shard: int, records, num_shards: int, caption_model=None) -> dict:
         with tempfile.TemporaryDirectory() as scratch:
             spill = ShardSpill(scratch, self.passthrough_columns, self.dimension)
             for record in records:
                 spill.add(record)
             table, vectors = spill.sorted()
+            table = self.caption(table, vectors, caption_model)
             files = {"index_file": index_file(shard, num_shards),
                      "metadata_file": metadata_file(shard, num_shards),
                      "embeddings_file": embeddings_file(shard, num_shards)}
@@ -195,6 +198,22 @@ class BuildShard(beam.DoFn):
         return summary
 
 
+    def caption(self, table: pa.Table, vectors: np.ndarray, caption_model) -> pa.Table:
+        """The shard's captions in the catalog's words (models.caption_transfer), where its
+        vectors are together anyway; titles and other catalog text are left as they are."""
+        texts = list(zip(*(table.column(c).to_pylist() for c in self.text_columns))) \
+            or [()] * table.num_rows
+        captions, sources, confidence = caption_transfer.caption_items(
+            caption_model, texts, table.column("colors").to_pylist(), vectors,
+            table.column("caption").to_pylist(),
+            table.column("caption_confidence").fill_null(0.0).to_pylist())
+        for name, values in (("caption", pa.array(captions, pa.string())),
+                             ("caption_source", pa.array(sources, pa.string())),
+                             ("caption_confidence", pa.array(confidence, pa.float32()))):
+            table = table.set_column(table.schema.get_field_index(name), name, values)
+        return table
+
+
 class _CompleteShard(beam.DoFn):
     """Shard number -> its summary: the built one, or an empty shard written now."""
 
@@ -208,16 +227,19 @@ class _CompleteShard(beam.DoFn):
 class BuildShards(beam.PTransform):
     """(shard, records) groups -> one summary per shard, 0..num_shards-1, empty shards
     included, so a version always has ``num_shards`` of each file (``num_shards``: a
-    one-element PCollection)."""
+    one-element PCollection; ``caption_model``: one from transforms.caption_transfer)."""
 
-    def __init__(self, build_shard: BuildShard, num_shards):
+    def __init__(self, build_shard: BuildShard, num_shards, caption_model=None):
         super().__init__()
         self.build_shard, self.num_shards = build_shard, num_shards
+        self.caption_model = caption_model
 
     def expand(self, groups):
         num_shards = beam.pvalue.AsSingleton(self.num_shards)
+        caption_model = [] if self.caption_model is None else [
+            beam.pvalue.AsSingleton(self.caption_model)]
         built = (groups
-                 | "BuildShard" >> beam.ParDo(self.build_shard, num_shards)
+                 | "BuildShard" >> beam.ParDo(self.build_shard, num_shards, *caption_model)
                  | "ByShard" >> beam.Map(lambda summary: (summary["shard"], summary)))
         return (self.num_shards
                 | "EveryShard" >> beam.FlatMap(lambda count: list(range(count)))
