@@ -120,7 +120,7 @@ def neighbour_captions(output: str, truth: dict) -> dict:
                     for r in rows if caption_transfer.item_phrases([r["title"]]))
     sample = sorted(item for _, item in sample[:caption_transfer.MAX_SAMPLE])
     titles = {r["item_id"]: r["title"] for r in rows}
-    model = caption_transfer.fit(np.stack([vectors[i] for i in sample]),
+    model = caption_transfer.fit(np.stack([vectors[i] for i in sample]).astype(np.float16),
                                  [caption_transfer.item_phrases([titles[i]]) for i in sample],
                                  method="neighbours")
     untitled = [r for r in rows if not truth[r["item_id"]][2]]

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 DEFAULT_TEXT_COLUMNS = ("title", "category")
-MAX_SAMPLE = 20_000  # items with text the model is fitted on
+MAX_SAMPLE = 10_000  # items with text the model is fitted on (their vectors as float16)
 MIN_SUPPORT = 5  # sampled items a phrase needs to join the vocabulary
 MAX_PHRASES = 1_000
 MAX_PHRASE_WORDS = 4
@@ -119,15 +119,20 @@ def fit(vectors: np.ndarray, sample_phrases: Sequence[Sequence[str]],
         for p in item:
             if p in column:
                 targets[row, column[p]] = 1.0
-    x = unit(vectors)
     if method == "neighbours":
-        return CaptionModel("neighbours", phrases, sample=x.astype(np.float32),
+        return CaptionModel("neighbours", phrases, sample=unit(vectors).astype(np.float32),
                             sample_labels=targets.astype(np.float32))
-    x1 = np.hstack([x, np.ones((len(x), 1))])
-    gram = x1.T @ x1
-    penalty = RIDGE * np.trace(gram) / len(gram) * np.eye(len(gram))
+    # Normal equations, a few thousand rows at a time: memory stays at the Gram matrix.
+    dimension = vectors.shape[1] + 1
+    gram, moments = np.zeros((dimension, dimension)), np.zeros((dimension, len(phrases)))
+    for start in range(0, len(vectors), 2048):
+        rows = unit(vectors[start:start + 2048])
+        rows = np.hstack([rows, np.ones((len(rows), 1))])
+        gram += rows.T @ rows
+        moments += rows.T @ targets[start:start + 2048]
+    penalty = RIDGE * np.trace(gram) / dimension * np.eye(dimension)
     penalty[-1, -1] = 0.0  # the bias is not shrunk
-    weights = np.linalg.solve(gram + penalty, x1.T @ targets)
+    weights = np.linalg.solve(gram + penalty, moments)
     return CaptionModel("head", phrases, weights=weights.astype(np.float32))
 
 

@@ -3,8 +3,9 @@ a bounded sample of the items that have text, as one small model for a side inpu
 
 The sample is the MAX_SAMPLE items with text whose sha256(item_id) is smallest: the same
 items for the same catalog, whatever the runner's order, so rebuilds stay byte-identical.
-Its records (an id, a vector, a few phrases) are combined as they stream past (Beam's Top
-combiner), so memory is bounded by the sample, not the catalog. The model is applied where
+Its records (an id, a float16 vector, a few phrases: about 2.6 KB) are combined as they
+stream past (Beam's Top combiner), so memory is bounded by the sample (about 26 MB per
+worker thread), not the catalog. The model is applied where
 a shard's vectors are already together, in transforms/shard.py.
 """
 
@@ -36,13 +37,13 @@ class LearnCaptions(beam.PTransform):
             phrases = caption_transfer.item_phrases([passthrough.get(c) for c in text_columns])
             if phrases:
                 yield (caption_transfer.sample_key(item["item_id"]), item["item_id"],
-                       np.asarray(item["embedding"], dtype=np.float32).tobytes(), phrases)
+                       np.asarray(item["embedding"], dtype=np.float16).tobytes(), phrases)
 
         def fit(sample):
             sample = sorted(sample, key=lambda record: record[1])  # by item_id
             if not sample:
                 return None
-            vectors = np.stack([np.frombuffer(record[2], dtype=np.float32)
+            vectors = np.stack([np.frombuffer(record[2], dtype=np.float16)
                                 for record in sample])
             return caption_transfer.fit(vectors, [record[3] for record in sample], method)
 
