@@ -46,7 +46,7 @@ PLURALS = {"T-shirt/top": "t-shirts", "Trouser": "trousers", "Pullover": "pullov
 SINGULARS = {"T-shirt/top": "t-shirt", **{c: c.lower() for c in FASHION_CLASSES[1:]}}
 
 
-def write_catalog(folder: str, items: int, tinted: int) -> dict:
+def write_catalog(folder: str, items: int, tinted: int, write: bool = True) -> dict:
     """Images and catalog.csv; -> {item_id: (class name, tint or None, titled)}."""
     images, labels = load_fashion_mnist("t10k")
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
@@ -54,7 +54,8 @@ def write_catalog(folder: str, items: int, tinted: int) -> dict:
     for n in range(items):
         item_id = f"fm-{n:05d}"
         path = os.path.join(folder, "images", f"{item_id}.png")
-        Image.fromarray(images[n]).save(path)
+        if write:
+            Image.fromarray(images[n]).save(path)
         titled = n % 2 == 0
         name = FASHION_CLASSES[labels[n]]
         rows.append([item_id, path, name if titled else ""])
@@ -67,7 +68,8 @@ def write_catalog(folder: str, items: int, tinted: int) -> dict:
             path = os.path.join(folder, "images", f"{item_id}.png")
             gray = images[index].astype(np.float32)
             rgb = np.stack([gray * f for f in factors], axis=-1).round().astype(np.uint8)
-            Image.fromarray(rgb).save(path)
+            if write:
+                Image.fromarray(rgb).save(path)
             titled = n % 2 == 0
             name = FASHION_CLASSES[labels[index]]
             rows.append([item_id, path, name if titled else ""])
@@ -80,8 +82,10 @@ def write_catalog(folder: str, items: int, tinted: int) -> dict:
     return truth
 
 
-def build(folder: str, method: str) -> str:
+def build(folder: str, method: str, reuse: bool = False) -> str:
     output = os.path.join(folder, f"index-{method}")
+    if reuse and os.path.exists(os.path.join(output, "LATEST")):
+        return output
     shutil.rmtree(output, ignore_errors=True)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "build", "--catalog",
@@ -160,17 +164,20 @@ def main(argv=None):
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--tinted", type=int, default=300, help="tinted copies per color")
     parser.add_argument("--color-queries", type=int, default=100)
+    parser.add_argument("--text-weight", type=float, default=0.5)
     parser.add_argument("--work", default=None, help="folder to keep (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the versions already built in --work again")
     args = parser.parse_args(argv)
 
     from search import PublishedIndex
 
     work = args.work or tempfile.mkdtemp(prefix="text-quality-")
-    truth = write_catalog(work, args.items, args.tinted)
+    truth = write_catalog(work, args.items, args.tinted, write=not args.reuse)
     untitled = sum(not titled for _, _, titled in truth.values())
     print(f"{len(truth):,} Fashion-MNIST items ({args.tinted} tinted copies per color), "
           f"{untitled:,} without a title")
-    outputs = {method: build(work, method) for method in ("labels", "head")}
+    outputs = {method: build(work, method, args.reuse) for method in ("labels", "head")}
     captions = {method: dict(zip(*(read_version(output, "metadata").column(c).to_pylist()
                                    for c in ("item_id", "caption"))))
                 for method, output in outputs.items()}
@@ -194,11 +201,11 @@ def main(argv=None):
         print("  " + "   ".join(cells))
     print("  mean           " + " | ".join(f"{np.mean(totals[m]):.3f}" for m in indexes))
 
-    print(f"\nimage + color P@10 (same class and tint; {args.color_queries} queries x 3 colors):")
+    print(f"\nimage + color P@10 (same class and tint; {args.color_queries} queries x 3 colors, "
+          f"--text-weight {args.text_weight}):")
     for method, index in indexes.items():
-        print(f"  {method:10s} " + "   ".join(
-            f"weight {w}: {color_precision(index, truth, args.color_queries, w):.3f}"
-            for w in (0.3, 0.5, 0.7)))
+        print(f"  {method:10s} "
+              f"{color_precision(index, truth, args.color_queries, args.text_weight):.3f}")
 
 
 if __name__ == "__main__":

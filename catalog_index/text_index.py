@@ -12,6 +12,8 @@ Fields: BM25 has one field, so fields are weighted the usual BM25F way, by repea
 field's terms: ``title`` counts 3 times, ``category`` twice, the caption and other text
 columns once (:data:`FIELD_WEIGHTS`). BM25's term saturation keeps a repeated field from
 dominating: a title match outranks a caption match, several caption matches can still win.
+A caption learned from the image (``caption_source`` "learned") counts ``1 + int(4 *
+caption_confidence)`` times, so that among untitled items the surer captions rank first.
 
 Document ids run over the shards in order: shard s's item with Annoy id a is document
 ``offsets[s] + a``, where ``offsets`` are the running sums of the shards' item counts.
@@ -23,7 +25,7 @@ import functools
 import os
 import re
 import unicodedata
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -77,8 +79,15 @@ def documents(table: pa.Table) -> List[List[str]]:
     names = text_columns(table.schema)
     weights = [FIELD_WEIGHTS.get(name, 1) for name in names]
     columns = [table.column(name).to_pylist() for name in names]
-    return [[term for value, weight in zip(values, weights) for term in analyze(value) * weight]
-            for values in zip(*columns)]
+    caption_weights = [1] * table.num_rows
+    if "caption_source" in table.schema.names:
+        caption_weights = [1 + int(4 * (confidence or 0.0)) if source == "learned" else 1
+                           for source, confidence in zip(
+                               table.column("caption_source").to_pylist(),
+                               table.column("caption_confidence").to_pylist())]
+    return [[term for name, value, weight in zip(names, values, weights)
+             for term in analyze(value) * (weight * caption if name == "caption" else weight)]
+            for values, caption in zip(zip(*columns), caption_weights)]
 
 
 def build_text_index(tables: Sequence[pa.Table], folder: str) -> List[str]:
@@ -113,12 +122,34 @@ class TextIndex:
     def document(self, shard: int, annoy_id: int) -> int:
         return int(self.offsets[shard] + annoy_id)
 
-    def scores(self, text: str) -> np.ndarray:
-        """BM25 score of every document for ``text`` (zeros when no term is indexed)."""
-        terms = [term for term in analyze(text) if self.size and term in self.retriever.vocab_dict]
-        if not terms:
-            return np.zeros(self.size, np.float32)
-        return np.asarray(self.retriever.get_scores(terms), dtype=np.float32)
+    def coverage(self, terms: Dict[str, float]) -> np.ndarray:
+        """For every document, the share of the (analyzed) ``terms`` it contains, each term
+        weighted by its BM25 idf times its weight in ``terms``: 1.0 when it has them all,
+        0.0 when none. Unlike a BM25 score it does not favour short documents, so it can
+        be added to a cosine similarity."""
+        covered, total = np.zeros(self.size, np.float32), 0.0
+        for term, weight in sorted(terms.items()):
+            if not self.size or term not in self.retriever.vocab_dict:
+                total += weight * np.log(1 + (self.size + 0.5) / 0.5)  # no document has it
+                continue
+            matched = np.asarray(self.retriever.get_scores([term])) > 0
+            found = int(matched.sum())
+            idf = weight * float(np.log(1 + (self.size - found + 0.5) / (found + 0.5)))
+            covered += idf * matched
+            total += idf
+        return covered / total if total else covered
+
+    def best_covered(self, coverage: np.ndarray, terms: Sequence[str], k: int):
+        """-> [(shard, annoy_id)] of the (at most) k documents with the highest coverage,
+        ties broken by BM25 score, then document order."""
+        matching = np.flatnonzero(coverage > 0)
+        if len(matching) > k:
+            terms = [term for term in terms if term in self.retriever.vocab_dict]
+            bm25 = np.asarray(self.retriever.get_scores(terms))[matching]
+            order = np.lexsort((matching, -bm25, -coverage[matching]))
+            matching = matching[order[:k]]
+        shards = np.searchsorted(self.offsets, matching, side="right") - 1
+        return [(int(s), int(d - self.offsets[s])) for s, d in zip(shards, matching)]
 
     def search(self, text: str, k: int):
         """-> [(shard, annoy_id, score)], best first, only documents that match."""

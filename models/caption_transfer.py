@@ -137,9 +137,12 @@ def fit(vectors: np.ndarray, sample_phrases: Sequence[Sequence[str]],
 
 
 def caption_text(colors: Sequence[Dict], product: str) -> str:
-    """"white and gray t-shirt/top": up to two color names, then the product phrase."""
-    names = [color["name"] for color in colors or []][:2]
-    return " ".join(part for part in (" and ".join(names), product) if part)
+    """"white and gray t-shirt/top": the item's colors (models.captioner), then the product
+    phrase."""
+    from models.captioner import colors_phrase
+
+    return " ".join(part for part in (colors_phrase(c["name"] for c in colors or []), product)
+                    if part)
 
 
 def caption_items(model: Optional[CaptionModel], texts: Sequence[Sequence[Optional[str]]],

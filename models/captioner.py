@@ -44,6 +44,16 @@ _HUE_BANDS = (("red", 0, 15), ("orange", 15, 40), ("yellow", 40, 70), ("green", 
 COLOR_SAMPLE_SIDE = 64
 
 
+# How a color is written in a caption, where its name alone would not be searched for.
+COLOR_PHRASES = {"navy": "navy blue"}
+
+
+def colors_phrase(names) -> str:
+    """"white", "white and gray", "white, gray and red": every color a caption names."""
+    names = [COLOR_PHRASES.get(name, name) for name in names]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _color_codes(hsv: np.ndarray) -> np.ndarray:
     """Index into COLOR_NAMES for each pixel, from hue (0..1), saturation and value."""
     hue, sat, val = hsv[..., 0] * 360.0, hsv[..., 1], hsv[..., 2]
@@ -133,7 +143,7 @@ class LabelColorCaptioner(Captioner):
         labels = self._labels(probabilities)
         colors = dominant_colors(pixels)
         confident = [name for name, score in labels if score >= self.threshold]
-        color_phrase = " and ".join(name for name, _ in colors[:2])
-        head = " ".join(part for part in (color_phrase, (confident or [self.fallback])[0]) if part)
+        head = " ".join(part for part in (colors_phrase(name for name, _ in colors),
+                                          (confident or [self.fallback])[0]) if part)
         text = ", ".join([head] + confident[1:])
         return Caption(text=text, labels=labels, colors=colors)

@@ -13,6 +13,7 @@ the manifest's sha256 before use; Annoy then memory-maps them.
 from __future__ import annotations
 
 import bisect
+import collections
 import hashlib
 import json
 import os
@@ -29,7 +30,8 @@ from catalog_index import storage
 from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
                                   InvalidVersionId, check_version_file, check_version_id,
                                   join, shard_of, version_dir)
-from catalog_index.text_index import TEXT_DIR, TextIndex
+from catalog_index.text_index import TEXT_DIR, TextIndex, analyze
+from models.captioner import COLOR_NAMES, COLOR_PHRASES
 
 
 class IndexIntegrityError(ValueError):
@@ -42,7 +44,21 @@ class ModelMismatchError(ValueError):
 
 # Image + text queries: how much the text counts, and how many candidates each side brings.
 DEFAULT_TEXT_WEIGHT = 0.5
-FUSION_CANDIDATES = 200
+IMAGE_CANDIDATES = 1_000
+TEXT_CANDIDATES = 2_000
+# Product words most nearest images share join the query's terms at half their weight.
+FEEDBACK_NEIGHBOURS, FEEDBACK_SHARE, FEEDBACK_WEIGHT = 20, 0.5, 0.5
+_COLOR_TERMS = frozenset(term for name in (*COLOR_NAMES, *COLOR_PHRASES.values())
+                         for term in analyze(name))
+
+
+def text_columns_of_row(row: dict) -> List[str]:
+    """The text columns of a metadata row: its caption and catalog text (title, ...)."""
+    return [name for name, value in row.items()
+            if isinstance(value, str) and name not in _NOT_TEXT_COLUMNS]
+
+
+_NOT_TEXT_COLUMNS = frozenset({"item_id", "image_uri", "sha256", "caption_source"})
 
 
 @dataclass(frozen=True)
@@ -210,42 +226,61 @@ class PublishedIndex:
     def query(self, image: Optional[bytes] = None, text: Optional[str] = None, k: int = 10,
               text_weight: float = DEFAULT_TEXT_WEIGHT, vector: Optional[np.ndarray] = None,
               exclude: Sequence[str] = ()) -> List[Hit]:
-        """Image, text, or both ("this shoe, but in red"). With both, the candidates are the
-        FUSION_CANDIDATES nearest images and the FUSION_CANDIDATES best text matches, each
-        scored ``(1 - text_weight) * cosine + text_weight * bm25 / best bm25`` (the best
-        among the candidates), best first; ``score`` is that fused value. ``vector``
-        stands in for an image already embedded."""
+        """Image, text, or both ("this shoe, but in red"). ``vector`` stands in for an image
+        already embedded.
+
+        With both, each candidate scores ``(1 - text_weight) * cosine + text_weight *
+        coverage``, best first (that is its ``score``): cosine is its image similarity,
+        coverage the idf-weighted share of the query's terms its title, category or caption
+        holds (:meth:`TextIndex.coverage`). The query's terms are the text's, plus, at
+        FEEDBACK_WEIGHT, the product words that most of the image's nearest items share
+        (pseudo-relevance feedback, :meth:`product_terms`): "red" with the photo of a coat
+        asks for a red coat first, then red things like it, then coats. The candidates are the IMAGE_CANDIDATES nearest images and the
+        TEXT_CANDIDATES documents that cover the terms best (ties broken by BM25)."""
         if image is not None:
             vector = self.embed_image(image)
         if vector is None:
             if text is None:
                 raise ValueError("query needs an image, a vector or a text")
             return self.query_text(text, k)
-        if not text or not text.strip():
+        if not text or not analyze(text):
             return self.query_vector(vector, k, exclude=exclude)
         vector = np.asarray(vector, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         text_index = self._text()
-        bm25 = text_index.scores(text)
-        candidates = {}  # item_id -> (shard number, annoy_id)
-        for hit in self.query_vector(vector, FUSION_CANDIDATES, exclude=exclude):
-            candidates[hit.item_id] = (hit.metadata["shard"], hit.metadata["annoy_id"])
-        for shard, annoy_id, _ in text_index.search(text, FUSION_CANDIDATES + len(exclude)):
+        nearest = self.query_vector(vector, IMAGE_CANDIDATES, exclude=exclude)
+        terms = {term: FEEDBACK_WEIGHT
+                 for term in self.product_terms(nearest[:FEEDBACK_NEIGHBOURS])}
+        terms.update({term: 1.0 for term in analyze(text)})
+        coverage = text_index.coverage(terms)
+        candidates = {hit.item_id: (hit.metadata["shard"], hit.metadata["annoy_id"])
+                      for hit in nearest}  # item_id -> (shard number, annoy_id)
+        excluded = set(exclude)
+        for shard, annoy_id in text_index.best_covered(coverage, terms, TEXT_CANDIDATES):
             item_id = self.shards[shard].metadata.column("item_id")[annoy_id].as_py()
-            if item_id not in exclude:
+            if item_id not in excluded:
                 candidates.setdefault(item_id, (shard, annoy_id))
-        text_scores = {item_id: float(bm25[text_index.document(*where)])
-                       for item_id, where in candidates.items()}
-        best_text = max(text_scores.values(), default=0.0) or 1.0
         fused = []
         for item_id, (shard, annoy_id) in candidates.items():
             stored = np.asarray(self.shards[shard].annoy.get_item_vector(annoy_id), np.float32)
             cosine = float(stored @ vector) / max(float(np.linalg.norm(stored)), 1e-12)
-            fused.append(((1 - text_weight) * cosine + text_weight * text_scores[item_id] / best_text,
+            covered = float(coverage[text_index.document(shard, annoy_id)])
+            fused.append(((1 - text_weight) * cosine + text_weight * covered,
                           item_id, shard, annoy_id))
         fused.sort(key=lambda hit: (-hit[0], hit[1]))
         return [Hit(item_id, score, self.shards[shard].row(annoy_id))
                 for score, item_id, shard, annoy_id in fused[:k]]
+
+    @staticmethod
+    def product_terms(hits: Sequence[Hit]) -> List[str]:
+        """The terms (not color words) of the title, category or caption that at least
+        FEEDBACK_SHARE of ``hits`` have: what those items are, in the catalog's words."""
+        counts = collections.Counter()
+        for hit in hits:
+            counts.update({term for name in text_columns_of_row(hit.metadata)
+                           for term in analyze(hit.metadata.get(name))})
+        return sorted(term for term, count in counts.items()
+                      if count >= FEEDBACK_SHARE * len(hits) and term not in _COLOR_TERMS)
 
     def model(self, spec: Optional[str] = None, runtime: str = "auto"):
         """The model that built this version (or ``spec``), refused unless its fingerprint

@@ -165,7 +165,9 @@ def reference_reader(output, version="v1"):
     from annoy import AnnoyIndex
     import bm25s
 
-    from catalog_index.text_index import FIELD_WEIGHTS, analyze
+    import pyarrow as pa
+
+    from catalog_index.text_index import analyze, documents
 
     folder = version_dir(output, version)
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
@@ -176,13 +178,8 @@ def reference_reader(output, version="v1"):
         table = pq.read_table(os.path.join(folder, shard["metadata_file"])).to_pylist()
         shards.append((annoy, {row["annoy_id"]: row for row in table}, shard["search_k"]))
         rows.extend(table)
-    passthrough = [name for name in rows[0] if name not in {
-        "item_id", "shard", "annoy_id", "image_uri", "sha256", "width", "height", "labels",
-        "colors", "caption", "caption_source", "caption_confidence"}]
     bm25 = bm25s.BM25()
-    bm25.index([[term for name in ("caption", *passthrough)
-                 for term in analyze(row.get(name)) * FIELD_WEIGHTS.get(name, 1)]
-                for row in rows], show_progress=False)
+    bm25.index(documents(pa.Table.from_pylist(rows)), show_progress=False)
 
     def query_item(item_id, k):
         row = next(row for row in rows if row["item_id"] == item_id)

@@ -26,7 +26,8 @@ class _BuildTextIndex(beam.DoFn):
             for summary in shards:
                 local = os.path.join(scratch, f"metadata-{summary['shard']}.parquet")
                 storage.download_file(join(self.version_dir, summary["metadata_file"]), local)
-                tables.append(pq.read_table(local, columns=text_columns(pq.read_schema(local))))
+                tables.append(pq.read_table(local, columns=text_columns(pq.read_schema(local))
+                                            + ["caption_source", "caption_confidence"]))
             folder = os.path.join(scratch, TEXT_DIR)
             names = build_text_index(tables, folder)
             del tables
