@@ -43,6 +43,9 @@ def test_report_has_counts_gate_and_errors_by_reason(report_page):
     assert "ann_recall_at_10" in page and "failure_rate" in page
     assert "<td>EmptyImageError</td><td>1</td>" in page
     assert "<td>UnsupportedImageError</td><td>1</td>" in page
+    # every sample caption says where it came from and how sure it is (no text: labels)
+    sources = re.findall(r"<small>[^<]*\((\w+), (\d\.\d\d)\)</small>", page)
+    assert sources and {source for source, _ in sources} == {"labels"}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make test installs it as root)")

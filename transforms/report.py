@@ -49,6 +49,14 @@ def _thumbnail(row: dict):
         return None
 
 
+def caption_line(row: dict) -> str:
+    """The caption, where it came from and how sure it is: "gray coat (learned, 0.82)"."""
+    source = row.get("caption_source")
+    if not source:
+        return row.get("caption") or ""
+    return f"{row.get('caption') or ''} ({source}, {row.get('caption_confidence') or 0:.2f})"
+
+
 def sample_queries(index) -> list:
     """A fixed handful of items (by hash of item_id) and their nearest neighbours."""
     chosen = heapq.nsmallest(SAMPLE_QUERIES, index.item_ids(),
@@ -57,8 +65,8 @@ def sample_queries(index) -> list:
     for item_id in chosen:
         row = index.item(item_id)
         hits = index.query_item(item_id, NEIGHBOURS)
-        samples.append(SampleQuery(item_id, row["caption"], _thumbnail(row), [
-            (hit.item_id, hit.score, hit.metadata["caption"], _thumbnail(hit.metadata))
+        samples.append(SampleQuery(item_id, caption_line(row), _thumbnail(row), [
+            (hit.item_id, hit.score, caption_line(hit.metadata), _thumbnail(hit.metadata))
             for hit in hits]))
     return samples
 
