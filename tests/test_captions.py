@@ -158,3 +158,12 @@ def test_image_and_color_word_rank_the_copy_of_that_color_first(tinted_photos, c
     assert query(["--index", output, "--image", paths["chelsea.jpg"], "--text", color,
                   "-k", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["item_id"] == f"chelsea-{color}"
+
+
+def test_labels_that_share_a_name_are_one_label_with_their_probabilities_added():
+    from models.captioner import LabelColorCaptioner
+
+    names = ["tabby cat", "missile", "tabby cat", "rocket", "missile", "kite"]
+    probabilities = np.array([0.30, 0.25, 0.20, 0.15, 0.06, 0.04])
+    labels = LabelColorCaptioner(class_names=names, top_k=3)._labels(probabilities)
+    assert labels == [("tabby cat", 0.5), ("missile", 0.31), ("rocket", 0.15)]
