@@ -99,8 +99,13 @@ def build_text_index(tables: Sequence[pa.Table], folder: str) -> List[str]:
     os.makedirs(folder, exist_ok=True)
     if not corpus:  # an empty version has an empty text index: no files
         return []
+    # bm25s numbers the terms of a corpus of strings in set order, which changes with each
+    # process's string hashing: numbered here, in sorted order, the files are the same bytes
+    # for the same catalog.
+    vocabulary = {term: i for i, term in enumerate(sorted({t for doc in corpus for t in doc}))}
     retriever = bm25s.BM25()
-    retriever.index(corpus, show_progress=False)
+    retriever.index(([[vocabulary[t] for t in doc] for doc in corpus], vocabulary),
+                    show_progress=False)
     retriever.save(folder, show_progress=False)
     return sorted(os.listdir(folder))
 

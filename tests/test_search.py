@@ -230,3 +230,20 @@ def test_the_text_index_is_a_checksummed_file_of_the_version(built, tmp_path):
         stream.write(b"\x00\x01")
     with pytest.raises(IndexIntegrityError, match="sha256"):
         PublishedIndex.open(str(copy))
+
+
+def test_the_text_index_is_the_same_bytes_in_every_process(tmp_path):
+    """Python salts string hashes per process; a vocabulary in set order would differ."""
+    import subprocess
+    import sys
+
+    script = ("import sys, pyarrow as pa; from catalog_index.text_index import build_text_index; "
+              "t = pa.table({'caption': ['red dress', 'blue t-shirt', 'ankle boot'] * 50, "
+              "'title': ['Dress', None, 'Ankle boot'] * 50}); build_text_index([t], sys.argv[1])")
+    digests = []
+    for seed in ("1", "2", "3"):
+        folder = tmp_path / seed
+        subprocess.run([sys.executable, "-c", script, str(folder)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.getcwd()})
+        digests.append({name: open(folder / name, "rb").read() for name in os.listdir(folder)})
+    assert digests[0] == digests[1] == digests[2]

@@ -12,6 +12,7 @@ import heapq
 import io
 import json
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ from catalog_index.schema import ERRORS_PREFIX, REPORT_FILE, join, shard_suffix
 SAMPLE_QUERIES = 6
 NEIGHBOURS = 5
 EXAMPLES_PER_REASON = 3
+THUMBNAIL_READS = 16  # images read at once for the sample queries' thumbnails
 
 
 def report_from_manifest(manifest: dict) -> dict:
@@ -61,12 +63,16 @@ def sample_queries(index) -> list:
     """A fixed handful of items (by hash of item_id) and their nearest neighbours."""
     chosen = heapq.nsmallest(SAMPLE_QUERIES, index.item_ids(),
                              key=lambda item: hashlib.sha256(item.encode()).hexdigest())
+    queries = [(index.item(item_id), index.query_item(item_id, NEIGHBOURS)) for item_id in chosen]
+    # The thumbnails' images are read side by side: one slow object costs one wait.
+    rows = [row for row, hits in queries for row in (row, *(hit.metadata for hit in hits))]
+    with ThreadPoolExecutor(THUMBNAIL_READS) as pool:
+        thumbnails = iter(list(pool.map(_thumbnail, rows)))
     samples = []
-    for item_id in chosen:
-        row = index.item(item_id)
-        hits = index.query_item(item_id, NEIGHBOURS)
-        samples.append(SampleQuery(item_id, caption_line(row), _thumbnail(row), [
-            (hit.item_id, hit.score, caption_line(hit.metadata), _thumbnail(hit.metadata))
+    for row, hits in queries:
+        thumbnail = next(thumbnails)
+        samples.append(SampleQuery(row["item_id"], caption_line(row), thumbnail, [
+            (hit.item_id, hit.score, caption_line(hit.metadata), next(thumbnails))
             for hit in hits]))
     return samples
 

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
@@ -192,8 +193,9 @@ class BuildShard(beam.DoFn):
                        "metadata_sha256": sha256_of_file(local["metadata_file"]),
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
                        "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
-            for key, name in files.items():
-                storage.upload_file(local[key], join(self.version_dir, name))
+            with ThreadPoolExecutor(len(files)) as pool:  # side by side: one slow upload
+                list(pool.map(lambda key: storage.upload_file(
+                    local[key], join(self.version_dir, files[key])), files))
         counter("indexed").inc(spill.count)
         return summary
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -31,13 +32,13 @@ class _BuildTextIndex(beam.DoFn):
             folder = os.path.join(scratch, TEXT_DIR)
             names = build_text_index(tables, folder)
             del tables
-            files = []
-            for name in names:
-                relative = f"{TEXT_DIR}/{name}"
-                local = os.path.join(folder, name)
-                files.append({"file": relative, "bytes": os.path.getsize(local),
-                              "sha256": sha256_of_file(local)})
-                storage.upload_file(local, join(self.version_dir, relative))
+            files = [{"file": f"{TEXT_DIR}/{name}",
+                      "bytes": os.path.getsize(os.path.join(folder, name)),
+                      "sha256": sha256_of_file(os.path.join(folder, name))} for name in names]
+            with ThreadPoolExecutor(max(1, len(names))) as pool:  # side by side
+                list(pool.map(lambda name: storage.upload_file(
+                    os.path.join(folder, name), join(self.version_dir, f"{TEXT_DIR}/{name}")),
+                    names))
         yield {"library": "bm25s", "documents": sum(s["items"] for s in shards), "files": files}
 
 

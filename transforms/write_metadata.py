@@ -54,7 +54,7 @@ def write_embeddings_parquet(table: pa.Table, vectors: np.ndarray, model_fingerp
 
 
 class _WriteErrorsFile(beam.DoFn):
-    """Stream every error row into one Parquet file, 10,000 rows at a time."""
+    """Every error row into one Parquet file, sorted, written 10,000 rows at a time."""
 
     def __init__(self, path: str):
         self.path = path
@@ -65,11 +65,18 @@ class _WriteErrorsFile(beam.DoFn):
             local = os.path.join(scratch, "errors.parquet")
             count = 0
             with pq.ParquetWriter(local, ERRORS_SCHEMA, compression="zstd") as writer:
-                for chunk in _chunks((row for row in rows if row is not None), 10_000):
+                # Sorted, so that the file is the same bytes whatever order failures came
+                # in (downloads end in any order): the one stage that holds every error row.
+                ordered = sorted((row for row in rows if row is not None), key=_error_order)
+                for chunk in _chunks(ordered, 10_000):
                     writer.write_table(pa.Table.from_pylist(chunk, schema=ERRORS_SCHEMA))
                     count += len(chunk)
             storage.upload_file(local, self.path)
         yield {"errors_file": self.path, "rows": count}
+
+
+def _error_order(row: dict):
+    return tuple("" if row.get(key) is None else str(row[key]) for key in ERRORS_SCHEMA.names)
 
 
 def _chunks(iterable, size):
