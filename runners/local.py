@@ -31,8 +31,10 @@ each: +1.15 GB in the 20 s after the last image):
 - With ``use_state_iterables`` the runner stores each group's values as one state entry,
   and a worker reads it as one gRPC message (a whole shard, copied several times on the
   way). ``PagedExecutionContext`` stores them in pages of ``STATE_PAGE_BYTES``, and
-  ``PagedWorkerHandlerManager`` turns on the state API's continuation tokens so a worker
-  reads one page at a time, as Dataflow's shuffle pages large groups.
+  ``PagedStateServicer`` answers with one page and a continuation token for the next, so
+  a worker reads one page at a time, as Dataflow's shuffle pages large groups. (Beam's own
+  continuation tokens, switched on for every state, cost each of the 100,000 one-item
+  groups of the dedupe step a second round trip: an empty first answer.)
 
 On a 20-line pipeline of 100,000 such values in 10 groups the peak went from 2.0 GB to
 1.3 GB. The runner still holds the shuffled values once, encoded: memory-bounded in the
@@ -151,13 +153,28 @@ class PagedExecutionContext(execution.FnApiRunnerExecutionContext):
         return token
 
 
+class PagedStateServicer(worker_handlers.StateServicer):
+    """Answers a read of grouped values (runner state) one stored page at a time: the page
+    and a continuation token for the next, instead of all of a key's pages joined into one
+    message. Every other state is answered as Beam does."""
+
+    def get_raw(self, state_key, continuation_token=None):
+        if state_key.WhichOneof("type") != "runner":
+            return super().get_raw(state_key, continuation_token)
+        with self._lock:
+            pages = self._state[self._to_key(state_key)]
+            page = int(continuation_token or b"0")
+            if page >= len(pages):
+                return b"", None
+            return pages[page], (str(page + 1).encode() if page + 1 < len(pages) else None)
+
+
 class PagedWorkerHandlerManager(worker_handlers.WorkerHandlerManager):
-    """Answers a state read one stored page at a time (continuation tokens), instead of
-    all of a key's pages joined into one message."""
+    """Worker handlers whose state service pages grouped values (PagedStateServicer)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.state_servicer._use_continuation_tokens = True
+        self.state_servicer = PagedStateServicer()
 
 
 class LocalRunner(FnApiRunner):
