@@ -52,10 +52,6 @@ def item_phrases(texts: Sequence[Optional[str]]) -> List[str]:
     return list(dict.fromkeys(p for p in map(phrase, texts) if p))
 
 
-def has_text(texts: Sequence[Optional[str]]) -> bool:
-    return any((value or "").strip() for value in texts)
-
-
 def sample_key(item_id: str) -> bytes:
     """Items with the smallest keys form the sample: a fixed pseudo-random subset, the same
     for the same catalog."""

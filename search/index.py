@@ -30,7 +30,7 @@ from catalog_index import storage
 from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
                                   InvalidVersionId, check_version_file, check_version_id,
                                   join, shard_of, version_dir)
-from catalog_index.text_index import TEXT_DIR, TextIndex, analyze
+from catalog_index.text_index import TEXT_DIR, TextIndex, analyze, text_columns
 from models.captioner import COLOR_NAMES, COLOR_PHRASES
 
 
@@ -50,15 +50,6 @@ TEXT_CANDIDATES = 2_000
 FEEDBACK_NEIGHBOURS, FEEDBACK_SHARE, FEEDBACK_WEIGHT = 20, 0.5, 0.5
 _COLOR_TERMS = frozenset(term for name in (*COLOR_NAMES, *COLOR_PHRASES.values())
                          for term in analyze(name))
-
-
-def text_columns_of_row(row: dict) -> List[str]:
-    """The text columns of a metadata row: its caption and catalog text (title, ...)."""
-    return [name for name, value in row.items()
-            if isinstance(value, str) and name not in _NOT_TEXT_COLUMNS]
-
-
-_NOT_TEXT_COLUMNS = frozenset({"item_id", "image_uri", "sha256", "caption_source"})
 
 
 @dataclass(frozen=True)
@@ -191,21 +182,25 @@ class PublishedIndex:
                      exclude: Sequence[str] = ()) -> List[Hit]:
         """The k nearest items over all shards, best first. Each shard is searched with the
         ``search_k`` the build tuned for the recall target, unless one is given."""
+        return [Hit(item_id, score, self.shards[shard].row(annoy_id))
+                for score, item_id, shard, annoy_id in self._nearest(vector, k, search_k, exclude)]
+
+    def _nearest(self, vector: Sequence[float], k: int, search_k: Optional[int] = None,
+                 exclude: Sequence[str] = ()) -> List[tuple]:
+        """-> [(cosine, item_id, shard number, annoy_id)] of the k nearest items, best first."""
         vector = np.asarray(vector, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         wanted = k + len(exclude)
-        found = []  # (score, item_id, shard, annoy_id)
-        for shard in self.shards:
+        found = []
+        for number, shard in enumerate(self.shards):
             ids, distances = shard.annoy.get_nns_by_vector(
                 vector, wanted, search_k=search_k or shard.search_k, include_distances=True)
             item_ids = shard.metadata.column("item_id").take(ids).to_pylist() if ids else []
-            found.extend((1.0 - d * d / 2.0, item_id, shard, i)
+            found.extend((1.0 - d * d / 2.0, item_id, number, i)
                          for i, d, item_id in zip(ids, distances, item_ids))
         excluded = set(exclude)
-        best = sorted((hit for hit in found if hit[1] not in excluded),
+        return sorted((hit for hit in found if hit[1] not in excluded),
                       key=lambda hit: (-hit[0], hit[1]))[:k]
-        return [Hit(item_id, score, shard.row(annoy_id))
-                for score, item_id, shard, annoy_id in best]
 
     def query_item(self, item_id: str, k: int = 10) -> List[Hit]:
         """More like this: the k items nearest to an indexed item, the item itself left out."""
@@ -235,7 +230,8 @@ class PublishedIndex:
         holds (:meth:`TextIndex.coverage`). The query's terms are the text's, plus, at
         FEEDBACK_WEIGHT, the product words that most of the image's nearest items share
         (pseudo-relevance feedback, :meth:`product_terms`): "red" with the photo of a coat
-        asks for a red coat first, then red things like it, then coats. The candidates are the IMAGE_CANDIDATES nearest images and the
+        asks for a red coat first, then red things like it, then coats. The candidates are
+        the IMAGE_CANDIDATES nearest images (their cosine is Annoy's) and the
         TEXT_CANDIDATES documents that cover the terms best (ties broken by BM25)."""
         if image is not None:
             vector = self.embed_image(image)
@@ -248,39 +244,41 @@ class PublishedIndex:
         vector = np.asarray(vector, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         text_index = self._text()
-        nearest = self.query_vector(vector, IMAGE_CANDIDATES, exclude=exclude)
-        terms = {term: FEEDBACK_WEIGHT
-                 for term in self.product_terms(nearest[:FEEDBACK_NEIGHBOURS])}
+        nearest = self._nearest(vector, IMAGE_CANDIDATES, exclude=exclude)
+        terms = {term: FEEDBACK_WEIGHT for term in self.product_terms(
+            [self.shards[shard].row(annoy_id)
+             for _, _, shard, annoy_id in nearest[:FEEDBACK_NEIGHBOURS]])}
         terms.update({term: 1.0 for term in analyze(text)})
         coverage = text_index.coverage(terms)
-        candidates = {hit.item_id: (hit.metadata["shard"], hit.metadata["annoy_id"])
-                      for hit in nearest}  # item_id -> (shard number, annoy_id)
+        # item_id -> (shard number, annoy_id, cosine: known for the nearest images)
+        candidates = {item_id: (shard, annoy_id, cosine)
+                      for cosine, item_id, shard, annoy_id in nearest}
         excluded = set(exclude)
         for shard, annoy_id in text_index.best_covered(coverage, terms, TEXT_CANDIDATES):
             item_id = self.shards[shard].metadata.column("item_id")[annoy_id].as_py()
-            if item_id not in excluded:
-                candidates.setdefault(item_id, (shard, annoy_id))
-        fused = []
-        for item_id, (shard, annoy_id) in candidates.items():
-            stored = np.asarray(self.shards[shard].annoy.get_item_vector(annoy_id), np.float32)
-            cosine = float(stored @ vector) / max(float(np.linalg.norm(stored)), 1e-12)
-            covered = float(coverage[text_index.document(shard, annoy_id)])
-            fused.append(((1 - text_weight) * cosine + text_weight * covered,
-                          item_id, shard, annoy_id))
-        fused.sort(key=lambda hit: (-hit[0], hit[1]))
+            if item_id not in excluded and item_id not in candidates:
+                stored = np.asarray(self.shards[shard].annoy.get_item_vector(annoy_id),
+                                    np.float32)
+                cosine = float(stored @ vector) / max(float(np.linalg.norm(stored)), 1e-12)
+                candidates[item_id] = (shard, annoy_id, cosine)
+        fused = [((1 - text_weight) * cosine
+                  + text_weight * float(coverage[text_index.document(shard, annoy_id)]),
+                  item_id, shard, annoy_id)
+                 for item_id, (shard, annoy_id, cosine) in candidates.items()]
+        fused.sort(key=lambda hit: (-hit[0], hit[1]))  # best first, ties by item_id
         return [Hit(item_id, score, self.shards[shard].row(annoy_id))
                 for score, item_id, shard, annoy_id in fused[:k]]
 
-    @staticmethod
-    def product_terms(hits: Sequence[Hit]) -> List[str]:
-        """The terms (not color words) of the title, category or caption that at least
-        FEEDBACK_SHARE of ``hits`` have: what those items are, in the catalog's words."""
+    def product_terms(self, rows: Sequence[dict]) -> List[str]:
+        """The terms (not color words) of the caption, title, category or other text column
+        that at least FEEDBACK_SHARE of the metadata ``rows`` have: what those items are, in
+        the catalog's words."""
+        names = text_columns(self.shards[0].metadata.schema) if self.shards else []
         counts = collections.Counter()
-        for hit in hits:
-            counts.update({term for name in text_columns_of_row(hit.metadata)
-                           for term in analyze(hit.metadata.get(name))})
+        for row in rows:
+            counts.update({term for name in names for term in analyze(row.get(name))})
         return sorted(term for term, count in counts.items()
-                      if count >= FEEDBACK_SHARE * len(hits) and term not in _COLOR_TERMS)
+                      if count >= FEEDBACK_SHARE * len(rows) and term not in _COLOR_TERMS)
 
     def model(self, spec: Optional[str] = None, runtime: str = "auto"):
         """The model that built this version (or ``spec``), refused unless its fingerprint
