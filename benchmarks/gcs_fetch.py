@@ -17,12 +17,8 @@ the emulator that holds every request that long, as a network would.
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import os
-import threading
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
@@ -31,45 +27,9 @@ import numpy as np
 from PIL import Image
 
 from catalog_index import storage
+from tests.fault_proxy import READS, FaultProxy, Rule
 from tests.gcs_emulator import GcsEmulator
 from tests.real_images import encode, real_photos
-
-
-class _DelayingProxy(http.server.ThreadingHTTPServer):
-    """Forwards each GET to the emulator after ``delay`` seconds (uploads go direct)."""
-
-    daemon_threads = True
-
-    def __init__(self, target: str, delay: float):
-        self.target, self.delay = urllib.parse.urlparse(target), delay
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_port}"
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        time.sleep(self.server.delay)
-        upstream = http.client.HTTPConnection(self.server.target.hostname, self.server.target.port)
-        upstream.request("GET", self.path, headers={k: v for k, v in self.headers.items()
-                                                    if k.lower() != "host"})
-        response = upstream.getresponse()
-        body = response.read()
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        upstream.close()
-
-    def log_message(self, *args):
-        pass
 
 
 def upload_images(bucket: str, count: int) -> list:
@@ -129,14 +89,15 @@ def main(argv=None):
               f"{os.cpu_count()} cores, {args.latency_ms:g} ms added per download")
         proxy = None
         if args.latency_ms:
-            proxy = _DelayingProxy(emulator.url, args.latency_ms / 1000)
-            threading.Thread(target=proxy.serve_forever, daemon=True).start()
+            # every read held that long (tests/fault_proxy.py, the storage-faults proxy)
+            proxy = FaultProxy(emulator.url, [Rule("delay", 1.0, methods=READS,
+                                                   seconds=args.latency_ms / 1000)])
             os.environ["STORAGE_EMULATOR_HOST"] = proxy.url
             storage.gcs_client.cache_clear()
         pipeline_seconds = pipeline_fetch(uris)
         naive_seconds = naive_fetch(uris)
         if proxy:
-            proxy.shutdown()
+            proxy.stop()
     finally:
         emulator.stop()
     pipeline_rate, naive_rate = len(uris) / pipeline_seconds, len(uris) / naive_seconds
