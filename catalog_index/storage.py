@@ -14,8 +14,12 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
+from concurrent import futures
 from typing import List, Optional, Tuple
+
+from requests.adapters import HTTPAdapter
 
 
 class StorageError(OSError):
@@ -60,7 +64,6 @@ def gcs_client():
     """One client per process (it is thread-safe), with a connection pool large enough for
     MAX_CONCURRENT_REQUESTS parallel downloads."""
     from google.cloud import storage
-    from requests.adapters import HTTPAdapter
 
     if using_emulator():
         from google.auth.credentials import AnonymousCredentials
@@ -75,10 +78,78 @@ def gcs_client():
                 "no Google Cloud credentials for gs:// paths: run `gcloud auth "
                 "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS "
                 f"({type(error).__name__})") from None
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=MAX_CONCURRENT_REQUESTS)
+    adapter = HedgingAdapter(pool_connections=4, pool_maxsize=MAX_CONCURRENT_REQUESTS)
     client._http.mount("https://", adapter)
     client._http.mount("http://", adapter)
     return client
+
+
+# A request with no answer (status line and headers) after this long is sent once more, and
+# whichever answer comes first is used: "hedged requests" (Dean and Barroso, The Tail at
+# Scale, 2013). GCS answers small requests in tens of milliseconds; a rare slow one would
+# otherwise hold up every step that waits for it.
+HEDGE_AFTER_SECONDS = 0.5
+HEDGE_COPIES = 3  # sent at 0, 0.5 and 1 s
+# Uploads are hedged only when their whole body is at most this large (multipart uploads).
+HEDGE_MAX_UPLOAD_BYTES = 1 << 20
+
+
+def _hedgeable(request) -> bool:
+    """Reads, and small whole-object uploads: requests that may safely run twice. (The only
+    conditional write, :func:`replace_latest`, takes a 412 on its own content as success.)"""
+    if request.method in ("GET", "HEAD"):
+        return True
+    return (request.method == "POST" and "uploadType=multipart" in request.url
+            and isinstance(request.body, bytes) and len(request.body) <= HEDGE_MAX_UPLOAD_BYTES)
+
+
+class HedgingAdapter(HTTPAdapter):
+    """requests' HTTPAdapter that hedges idempotent requests: one more copy each
+    HEDGE_AFTER_SECONDS without an answer, HEDGE_COPIES at most. The first answer wins; the
+    others are closed as they come, which returns their connections to the pool. An error
+    is raised once every copy has failed (the client's retry policy takes it from there)."""
+
+    def send(self, request, **kwargs):
+        if not _hedgeable(request):
+            return super().send(request, **kwargs)
+        copies = [_on_daemon_thread(super().send, request, **kwargs)]
+        pending, failed = set(copies), []
+        while pending:
+            done, pending = futures.wait(pending, timeout=HEDGE_AFTER_SECONDS,
+                                         return_when=futures.FIRST_COMPLETED)
+            answered = [copy for copy in done if copy.exception() is None]
+            if answered:
+                for other in copies:
+                    if other is not answered[0]:
+                        other.add_done_callback(_close_answer)
+                return answered[0].result()
+            failed.extend(done)
+            if not done and len(copies) < HEDGE_COPIES:
+                copies.append(_on_daemon_thread(super().send, request.copy(), **kwargs))
+                pending.add(copies[-1])
+        return failed[0].result()  # raises the first copy's error
+
+
+def _on_daemon_thread(call, *args, **kwargs) -> futures.Future:
+    """``call(*args, **kwargs)`` on a thread of its own that does not hold up the process's
+    exit, as a copy still waiting for a slow answer would in a concurrent.futures pool (they
+    join their threads at exit). A thread costs tens of microseconds; a request, milliseconds."""
+    future = futures.Future()
+
+    def run():
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(call(*args, **kwargs))
+        except BaseException as error:  # handed to the caller, like a pool's future
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="gcs-request", daemon=True).start()
+    return future
+
+
+def _close_answer(copy) -> None:
+    if copy.exception() is None:
+        copy.result().close()
 
 
 def use_anonymous_beam_credentials_with_emulator() -> None:
@@ -110,6 +181,18 @@ def read_bytes(path: str) -> bytes:
             raise FileNotFoundError(f"no such object: {path}") from None
     with open(path, "rb") as stream:
         return stream.read()
+
+
+def open_read(path: str):
+    """A seekable binary stream over a whole object or file, read in chunks as it is used."""
+    if is_gcs(path):
+        from google.api_core import exceptions
+
+        try:
+            return _blob(path).open("rb", retry=retry())
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"no such object: {path}") from None
+    return open(path, "rb")
 
 
 # Image files above this are refused before they are read (the build's --max-image-bytes).

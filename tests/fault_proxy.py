@@ -6,6 +6,8 @@ Each rule applies to the requests it matches (HTTP methods, and bytes that must 
 the path or the body), at a rate drawn from a seeded generator:
 
 - ``delay``: hold the request ``seconds``, then forward it;
+- ``slow``: forward the request at once, then hold its answer ``seconds`` (it has happened,
+  and the client does not know yet);
 - ``503`` / ``429``: answer that status without forwarding;
 - ``reset``: drop the connection without an answer;
 - ``cut``: forward, then send the upstream's headers and only half of its body.
@@ -27,7 +29,7 @@ from typing import Optional, Sequence
 
 READS = ("GET", "HEAD")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-FAULTS = ("delay", "503", "429", "reset", "cut")
+FAULTS = ("delay", "slow", "503", "429", "reset", "cut")
 
 
 @dataclasses.dataclass
@@ -36,7 +38,8 @@ class Rule:
     rate: float
     methods: Sequence[str] = READS + WRITES
     match: Optional[bytes] = None  # must occur in the path or the body
-    seconds: float = 0.0  # for delay
+    seconds: float = 0.0  # for delay and slow
+    times: Optional[int] = None  # injected at most this many times
 
     def applies(self, method: str, path: str, body: bytes) -> bool:
         return method in self.methods and (
@@ -52,7 +55,11 @@ class FaultProxy(http.server.ThreadingHTTPServer):
         self.rules = list(rules)
         self._random, self._lock = random.Random(seed), threading.Lock()
         self.injected = {fault: 0 for fault in FAULTS}
+        self._count = {id(rule): 0 for rule in self.rules}
         self.requests = 0
+        self.started = time.monotonic()
+        self.log = []  # (seconds since start, method, path, faults) per request
+        self.answered = []  # (method, path) per request answered or dropped, in order
         super().__init__(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -65,9 +72,13 @@ class FaultProxy(http.server.ThreadingHTTPServer):
         with self._lock:
             self.requests += 1
             chosen = [rule for rule in self.rules if rule.applies(method, path, body)
-                      and self._random.random() < rule.rate]
+                      and self._random.random() < rule.rate
+                      and (rule.times is None or self._count[id(rule)] < rule.times)]
             for rule in chosen:
                 self.injected[rule.fault] += 1
+                self._count[id(rule)] += 1
+            self.log.append((time.monotonic() - self.started, method, path,
+                             [rule.fault for rule in chosen]))
             return chosen
 
     def handle_error(self, request, client_address):
@@ -91,19 +102,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.rfile.readline()
         return b"".join(chunks)
 
+    def _answering(self):
+        self.server.answered.append((self.command, self.path))
+
     def _relay(self):
         body = self._body()
         faults = self.server.draw(self.command, self.path, body)
         for rule in faults:
             if rule.fault == "delay":
                 time.sleep(rule.seconds)
-        answering = next((rule.fault for rule in faults if rule.fault != "delay"), None)
+        answering = next((rule.fault for rule in faults
+                          if rule.fault not in ("delay", "slow")), None)
         if answering == "reset":
+            self._answering()
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                        struct.pack("ii", 1, 0))  # RST, not FIN
             self.close_connection = True
             return
         if answering in ("503", "429"):
+            self._answering()
             message = json.dumps({"error": {"code": int(answering),
                                             "message": "injected fault"}}).encode()
             self.send_response(int(answering))
@@ -122,6 +139,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             payload = response.read()
         finally:
             upstream.close()
+        for rule in faults:
+            if rule.fault == "slow":
+                time.sleep(rule.seconds)
+        self._answering()
         self.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -84,3 +84,53 @@ def test_a_latest_that_storage_keeps_refusing_ends_in_one_line(gcs_bucket, photo
     assert latest(root) == "v2"
     manifest = storage.read_text(f"{root}/versions/v2/manifest.json")
     assert f'"indexed": {len(PHOTOS)}' in manifest
+
+
+def requests_for(proxy: FaultProxy, name: str, log=None) -> list:
+    """The methods of the requests whose path names ``name`` (URL-quoted as GCS does)."""
+    quoted = name.replace("/", "%2F")
+    return [entry[1] for entry in (proxy.log if log is None else log)
+            if quoted in entry[2] or name in entry[2]]
+
+
+def test_a_read_that_gets_no_answer_is_answered_by_its_hedged_copy(gcs_bucket, through):
+    uri = f"gs://{gcs_bucket}/slow/object.bin"
+    storage.write_bytes(uri, b"the bytes")
+    proxy = through([Rule("delay", 1.0, match=b"object.bin", seconds=60, times=1)])
+    assert storage.read_bytes(uri) == b"the bytes"
+    assert requests_for(proxy, "object.bin") == ["GET", "GET"]  # the held one, and its copy
+    # read_bytes returned with the first copy still held: it did not wait for that answer
+    answered = [(0, method, path) for method, path in proxy.answered]
+    assert requests_for(proxy, "object.bin", answered) == ["GET"]
+
+
+def test_a_quick_read_is_sent_once(gcs_bucket, through):
+    uri = f"gs://{gcs_bucket}/quick.bin"
+    storage.write_bytes(uri, b"quick")
+    proxy = through([])
+    assert storage.read_bytes(uri) == b"quick"
+    assert requests_for(proxy, "quick.bin") == ["GET"]
+
+
+def test_an_upload_over_the_hedging_limit_is_never_sent_twice(gcs_bucket, through):
+    uri = f"gs://{gcs_bucket}/large.bin"
+    data = bytes(range(256)) * (storage.HEDGE_MAX_UPLOAD_BYTES // 256 + 1)
+    proxy = through([Rule("delay", 1.0, methods=WRITES, seconds=2, times=1)])
+    storage.write_bytes(uri, data)
+    assert [method for _, method, _, _ in proxy.log if method == "POST"] == ["POST"]
+    assert storage.read_bytes(uri) == data
+
+
+def test_a_latest_write_whose_answer_is_late_is_published_once(gcs_bucket, through):
+    """The write lands at once but its answer is held: the hedged copy is refused (412,
+    LATEST's generation moved), and the content it finds there is its own: published."""
+    path = f"gs://{gcs_bucket}/index/LATEST"
+    storage.write_text(path, "v1\n")
+    _, token = storage.read_latest(path)
+    proxy = through([Rule("slow", 1.0, methods=WRITES, match=b"LATEST", seconds=60, times=1)])
+    storage.replace_latest(path, "v2\n", token)
+    assert storage.read_text(path) == "v2\n"
+    assert [method for _, method, _, _ in proxy.log if method == "POST"] == ["POST", "POST"]
+    # and a writer still holding v1's token loses, as before
+    with pytest.raises(storage.PublishConflict):
+        storage.replace_latest(path, "v3\n", token)

@@ -19,6 +19,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 
+from catalog_index import storage
 from catalog_index.schema import DUPLICATE_STAGE, passthrough_name
 from transforms.errors import ERRORS, counter, dead_letter, error_row
 
@@ -59,13 +60,23 @@ def catalog_format(source: str) -> str:
     return CATALOG_FORMATS[extension]
 
 
+def _open(path: str):
+    """A catalog file as a seekable binary stream: gs:// through the project's storage
+    client (its retries and hedged requests), other paths through Beam's FileSystems."""
+    return storage.open_read(path) if storage.is_gcs(path) else FileSystems.open(path)
+
+
+def _exists(path: str) -> bool:
+    return storage.exists(path) if storage.is_gcs(path) else FileSystems.exists(path)
+
+
 def _open_table_batches(path: str, fmt: str):
     """Yield pyarrow RecordBatches of a catalog file, streaming where the format allows."""
     import pyarrow.csv
     import pyarrow.json
     import pyarrow.parquet
 
-    stream = FileSystems.open(path)
+    stream = _open(path)
     if fmt == "parquet":
         yield from pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=10_000)
     elif fmt == "csv":
@@ -87,7 +98,7 @@ class BadLine(ValueError):
 
 def _json_lines(path: str):
     """(line number, row dict or BadLine) for each non-empty line of a JSON Lines file."""
-    with FileSystems.open(path) as raw:
+    with _open(path) as raw:
         for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8",
                                                        errors="replace"), 1):
             if not line.strip():
@@ -133,7 +144,7 @@ def _first_line(error: Exception) -> str:
 def _csv_header(path: str) -> list:
     import pyarrow.csv
 
-    with FileSystems.open(path) as stream:
+    with _open(path) as stream:
         return pyarrow.csv.open_csv(stream, read_options=pyarrow.csv.ReadOptions(
             block_size=1 << 16)).schema.names
 
@@ -143,7 +154,7 @@ def _catalog_header(source: str, fmt: str):
     import pyarrow.parquet
 
     if fmt == "parquet":
-        with FileSystems.open(source) as stream:
+        with _open(source) as stream:
             metadata = pyarrow.parquet.ParquetFile(stream).metadata
             return metadata.schema.to_arrow_schema().names, metadata.num_rows > 0
     if fmt == "json":  # the first object's keys
@@ -170,7 +181,7 @@ def catalog_columns(source: str) -> list:
         return []
     fmt = catalog_format(source)
     try:
-        if not FileSystems.exists(source):
+        if not _exists(source):
             raise CatalogError(f"--catalog {source}: file not found")
         names, has_rows = _catalog_header(source, fmt)
     except CatalogError:
