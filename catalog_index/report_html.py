@@ -68,6 +68,15 @@ def render(manifest: dict, error_groups: List[dict], samples: List[SampleQuery])
                  for c in validation["gate"]]
     count_rows = [[_e(key), _e(counts[key])] for key in ("input", "indexed", "failed", "duplicate")]
     count_rows += [[f"failed in {_e(stage)}", _e(n)] for stage, n in counts["failed_by_stage"].items()]
+    reuse = manifest.get("reuse") or {}
+    source = (f"reused from version {reuse['from_version']}" if reuse.get("from_version")
+              else f"reused (full build: {reuse.get('full_build_reason')})")
+    count_rows += [[_e(label), _e(counts[key])] for key, label in (
+        ("reused", source), ("embedded", "embedded"),
+        ("added", "added since the previous version"),
+        ("removed", "removed since the previous version"),
+        ("changed", "changed since the previous version (image or metadata)"))
+        if key in counts]
     error_rows = [[_e(g["stage"]), _e(g["error_type"]), _e(g["count"]),
                    "<br>".join(_e(m) for m in g["examples"])] for g in error_groups]
     timings = manifest["timings"]

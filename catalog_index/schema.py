@@ -10,6 +10,7 @@ Layout::
     <root>/versions/<version_id>/metadata/part-00000-of-00008.parquet
     <root>/versions/<version_id>/embeddings/part-00000-of-00008.parquet
     <root>/versions/<version_id>/errors/part-00000-of-00001.parquet
+    <root>/versions/<version_id>/changes/part-00000-of-00008.parquet
     <root>/versions/<version_id>/text/*                  BM25 text index (catalog_index.text_index)
     <root>/versions/<version_id>/report.json
     <root>/LATEST                                        the published version_id
@@ -25,7 +26,8 @@ import re
 import pyarrow as pa
 
 # 2: metadata columns caption_source and caption_confidence (captions in the catalog's words).
-SCHEMA_VERSION = 2
+# 3: embeddings column source_stamp; changes/ (what changed since the previous version).
+SCHEMA_VERSION = 3
 ANNOY_METRIC = "angular"
 
 MANIFEST_FILE = "manifest.json"
@@ -74,6 +76,18 @@ EMBEDDINGS_SCHEMA = pa.schema([
     pa.field("sha256", pa.string()),
     pa.field("model_fingerprint", pa.string()),
     pa.field("vector", pa.list_(pa.float32())),
+    # What the storage said about the image file when it was read, without its bytes:
+    # "size=N mtime_ns=T" for a local file, "size=N crc32c=C md5=M" for a gs:// object.
+    # The next incremental build re-reads an image only when its stamp differs.
+    pa.field("source_stamp", pa.string()),
+], metadata=_SCHEMA_METADATA)
+
+# One row per item that differs from the previous published version: added, removed,
+# image_changed (other image bytes) or metadata_changed (same image, other metadata).
+CHANGES = ("added", "removed", "image_changed", "metadata_changed")
+CHANGES_SCHEMA = pa.schema([
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("change", pa.string(), nullable=False),
 ], metadata=_SCHEMA_METADATA)
 
 ERRORS_SCHEMA = pa.schema([
@@ -144,6 +158,10 @@ def metadata_file(shard: int, num_shards: int) -> str:
 
 def embeddings_file(shard: int, num_shards: int) -> str:
     return f"embeddings/part-{shard_suffix(shard, num_shards)}.parquet"
+
+
+def changes_file(shard: int, num_shards: int) -> str:
+    return f"changes/part-{shard_suffix(shard, num_shards)}.parquet"
 
 
 ERRORS_PREFIX = "errors/part"

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from concurrent import futures
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 from requests.adapters import HTTPAdapter
 
@@ -319,6 +319,36 @@ def list_files(prefix: str) -> List[str]:
     for folder, _dirs, files in os.walk(prefix):
         found.extend(os.path.join(folder, name) for name in files)
     return sorted(found)
+
+
+def local_stamp(path: str) -> Optional[str]:
+    """What a local file's status says of its content, without reading it (None for no
+    regular file). Incremental builds re-read a file whose stamp changed; an equal stamp
+    is trusted, as make and rsync trust it."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return f"size={status.st_size} mtime_ns={status.st_mtime_ns}"
+
+
+def _object_stamp(blob) -> str:
+    """An object's size and checksums, from its listing (a composite object has no md5)."""
+    return f"size={blob.size} crc32c={blob.crc32c} md5={blob.md5_hash or '-'}"
+
+
+def list_stamps(folder: str) -> Iterator[Tuple[str, str]]:
+    """(gs:// URI, stamp) of every object directly in a gs:// folder: a thousand objects a
+    request, each with the size and checksums GCS keeps, never their bytes."""
+    bucket, name = split_gcs(folder)
+    prefix = name.rstrip("/") + "/" if name.strip("/") else ""
+    blobs = gcs_client().list_blobs(
+        bucket, prefix=prefix, delimiter="/", retry=retry(),
+        fields="items(name,size,crc32c,md5Hash),nextPageToken")
+    for blob in blobs:
+        yield f"gs://{bucket}/{blob.name}", _object_stamp(blob)
 
 
 def sha256_of_file(path: str) -> str:

@@ -117,6 +117,11 @@ def dominant_colors(pixels: np.ndarray, min_fraction: float = 0.12,
             if fractions[i] >= min_fraction]
 
 
+# Bump when the same image would get other labels or colors (the color bands, the product
+# mask, the rounding): versions built before are then not reused by incremental builds.
+ITEM_FIELDS_VERSION = 1
+
+
 class LabelColorCaptioner(Captioner):
     """Colors + confident ImageNet labels; ``fallback`` stands in when none is confident."""
 
@@ -140,10 +145,19 @@ class LabelColorCaptioner(Captioner):
         return [(name, round(score, 4)) for name, score in ranked]
 
     def caption(self, probabilities, pixels) -> Caption:
-        labels = self._labels(probabilities)
-        colors = dominant_colors(pixels)
+        labels, colors = self._labels(probabilities), dominant_colors(pixels)
+        return Caption(text=self.describe(labels, colors), labels=labels, colors=colors)
+
+    def describe(self, labels, colors) -> str:
+        """The caption text of an image's labels and colors (also for an image whose labels
+        and colors a previous version already measured)."""
         confident = [name for name, score in labels if score >= self.threshold]
         head = " ".join(part for part in (colors_phrase(name for name, _ in colors),
                                           (confident or [self.fallback])[0]) if part)
-        text = ", ".join([head] + confident[1:])
-        return Caption(text=text, labels=labels, colors=colors)
+        return ", ".join([head] + confident[1:])
+
+    def settings(self) -> dict:
+        """What decides an image's labels, colors and caption, beside the model: a previous
+        version's are reused only when these are the same."""
+        return {"captioner": type(self).__name__, "version": ITEM_FIELDS_VERSION,
+                "threshold": self.threshold, "top_k": self.top_k, "fallback": self.fallback}

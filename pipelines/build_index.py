@@ -26,8 +26,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from catalog_index import storage
 from catalog_index.progress import ProgressReporter
-from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId, passthrough_name,
-                                  check_version_id, join, version_dir)
+from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION, InvalidVersionId,
+                                  check_version_file, check_version_id, join, passthrough_name,
+                                  version_dir)
+from models.captioner import LabelColorCaptioner
 from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from pipelines.console import quiet_output
@@ -42,6 +44,7 @@ from transforms.preprocess import DecodeAndPreprocess
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
+from transforms.reuse import REUSED, TO_FETCH, MatchPrevious, ReadPreviousVersion, SameBytes
 from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, BuildShards,
                               GroupIntoShards, shard_count)
 from transforms.text_index import BuildTextIndex
@@ -179,6 +182,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
+    option("full", type=_boolean, nargs="?", const=True, default=False,
+           help="embed every image again, even those whose bytes the published version "
+                "already embedded (by default, a build reuses them when that version was "
+                "built with the same model and settings)")
     option("text-columns", type=_column_list, default=None, metavar="A,B",
            help="catalog columns that say what a product is, for captions in the catalog's "
                 "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
@@ -237,8 +244,14 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     out_dir = build["version_dir"]
     model_info = build["model_info"]
     catalog = pipeline | "ReadCatalog" >> ReadCatalog(args.catalog, build["passthrough_columns"])
-    fetched = catalog["items"] | "FetchImages" >> FetchImages(args.max_image_bytes)
-    decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
+    previous = build["previous"]
+    reusable = pipeline | "ReadPreviousVersion" >> ReadPreviousVersion(
+        previous["version_dir"], previous["shards"]) if build["reuse"]["from_version"] else None
+    matched = catalog["items"] | "MatchPrevious" >> MatchPrevious(
+        reusable, model_info.class_names)
+    fetched = matched[TO_FETCH] | "FetchImages" >> FetchImages(args.max_image_bytes)
+    unchanged = fetched.items | "SameBytes" >> SameBytes(model_info.class_names)
+    decoded = unchanged.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, args.runtime,
                                     batch_size=args.batch_size,
@@ -246,15 +259,18 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                                     precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
-    caption_model = captioned.items | "LearnCaptions" >> LearnCaptions(
+    items = ((captioned.items, matched[REUSED], unchanged[REUSED])
+             | "WithReusedItems" >> beam.Flatten())
+    caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method)
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
-    shards = captioned.items | "GroupIntoShards" >> GroupIntoShards(num_shards)
+    shards = items | "GroupIntoShards" >> GroupIntoShards(num_shards)
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
-        args.seed, args.min_recall, model_info.fingerprint, build["text_columns"]),
+        args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
+        previous=previous and {key: previous[key] for key in ("version_dir", "metadata_files")}),
         num_shards, caption_model)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
@@ -316,6 +332,9 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     model_entry = model.info.to_manifest()
     if planning_runtime != args.runtime:
         model_entry["runtime"] = args.runtime
+    previous = previous_version_summary(args.output, latest_version)
+    settings = reuse_settings(model_entry, model.info.class_names, args)
+    full_reason = why_full_build(args.full, previous, settings)
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model_entry, "model_info": model.info,
@@ -325,7 +344,10 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "options": {key: value for key, value in sorted(vars(args).items())},
             "passthrough_columns": passthrough, "text_columns": text_columns,
             "latest_token": latest_token,
-            "previous": previous_version_summary(args.output, latest_version),
+            "previous": previous,
+            "reuse": {"settings": settings,
+                      "from_version": None if full_reason else previous["version_id"],
+                      "full_build_reason": full_reason},
             "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
                      "max_count_drop": args.max_count_drop,
                      "allow_model_change": args.allow_model_change}}
@@ -370,14 +392,59 @@ def read_latest_version(output_root: str):
 
 
 def previous_version_summary(output_root: str, latest_version: Optional[str]) -> Optional[dict]:
-    """What the gate compares against: the published version's size and model."""
+    """The published version: what the gate compares against (its size and model), what
+    changes/ is relative to (its metadata files), and what an incremental build reuses."""
     if not latest_version:
         return None
-    manifest_path = join(version_dir(output_root, latest_version), MANIFEST_FILE)
-    manifest = json.loads(storage.read_text(manifest_path))
+    folder = version_dir(output_root, latest_version)
+    path = join(folder, MANIFEST_FILE)
+    try:
+        manifest = json.loads(storage.read_text(path))
+        shards = [{"metadata_file": check_version_file(shard["metadata_file"]),
+                   "embeddings_file": check_version_file(shard["embeddings_file"])}
+                  for shard in manifest["index"]["shards"]]
+    except (ValueError, KeyError, TypeError, InvalidVersionId, FileNotFoundError) as error:
+        raise UsageError(f"{path}: not the manifest of a complete version "
+                         f"({type(error).__name__}: {error}); publish another version with "
+                         "catalog-index rollback") from None
     return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
             "model_fingerprint": manifest["model"]["fingerprint"],
-            "embedding_dim": manifest["model"]["embedding_dim"]}
+            "embedding_dim": manifest["model"]["embedding_dim"],
+            "version_dir": folder, "shards": shards,
+            "metadata_files": [shard["metadata_file"] for shard in shards],
+            "schema_version": manifest.get("schema_version"),
+            "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
+
+
+def reuse_settings(model_entry: dict, class_names, args) -> dict:
+    """What decides an image's vector, size, labels and colors: a version built with other
+    settings is not reused."""
+    return {"schema_version": SCHEMA_VERSION, "model_fingerprint": model_entry["fingerprint"],
+            "embedding_dim": model_entry["embedding_dim"],
+            "preprocessing": model_entry["preprocessing"],
+            "item_fields": LabelColorCaptioner(class_names=class_names).settings(),
+            "max_image_bytes": args.max_image_bytes, "max_pixels": args.max_pixels}
+
+
+def why_full_build(full: bool, previous: Optional[dict], settings: dict) -> Optional[str]:
+    """None when the published version's per-image results can be reused, else why not."""
+    if full:
+        return "--full"
+    if previous is None:
+        return "no published version yet"
+    before = previous["reuse_settings"]
+    if before is None:
+        return (f"version {previous['version_id']} was built before incremental builds "
+                f"(schema {previous['schema_version']})")
+    differ = [key for key in settings if before.get(key) != settings[key]]
+    if not differ:
+        return None
+    if "model_fingerprint" in differ:
+        return (f"version {previous['version_id']} was built with another model "
+                f"({before.get('model_fingerprint', '?')[:12]} -> "
+                f"{settings['model_fingerprint'][:12]})")
+    return (f"version {previous['version_id']} was built with other "
+            f"{', '.join(key.replace('_', ' ') for key in differ)}")
 
 
 def run(argv: Optional[List[str]] = None) -> int:
@@ -401,6 +468,12 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
     except (UsageError, CatalogError, ModelLoadError, storage.StorageError) as error:
         print(f"catalog-index build: error: {error}", file=console)
         return 2
+    reuse = build["reuse"]
+    if build["previous"] or args.full:
+        print("catalog-index build: " + (
+            f"incremental: images unchanged since version {reuse['from_version']} reuse its "
+            "results" if reuse["from_version"] else
+            f"full build: {reuse['full_build_reason']}"), file=console)
     try:
         with ProgressReporter(console, args.progress_seconds):
             result = submit(args, pipeline_options, build)

@@ -83,6 +83,11 @@ class Shard:
         return found if found < len(ids) and ids[found].as_py() == item_id else None
 
 
+# Schema 3 adds what this reader does not need to search (embeddings' source_stamp) and
+# changes/, which :meth:`PublishedIndex.changes` reads where it exists.
+READABLE_SCHEMA_VERSIONS = (2, SCHEMA_VERSION)
+
+
 class PublishedIndex:
     def __init__(self, root: str, manifest: dict, local_dir: str):
         from annoy import AnnoyIndex
@@ -143,15 +148,30 @@ class PublishedIndex:
     @classmethod
     def _from_manifest(cls, root: str, manifest: dict, cache_dir: Optional[str]):
         folder = version_dir(root, manifest["version_id"])
-        if manifest.get("schema_version") != SCHEMA_VERSION:
+        if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
             raise IndexIntegrityError(f"{folder}: schema_version {manifest.get('schema_version')}"
-                                      f", this reader understands {SCHEMA_VERSION}")
+                                      f", this reader understands {READABLE_SCHEMA_VERSIONS}")
         if manifest["index"]["metric"] != ANNOY_METRIC:
             raise IndexIntegrityError(f"{folder}: unexpected metric {manifest['index']['metric']}")
         local_dir = folder if not storage.is_gcs(folder) else os.path.join(
             cache_dir or _cache_root(), hashlib.sha256(folder.encode()).hexdigest()[:16])
         _fetch_and_verify(folder, local_dir, manifest)
         return cls(root, manifest, local_dir)
+
+    def changes(self) -> pa.Table:
+        """What changed since the version published before this one: a table of
+        ``item_id`` and ``change`` (added, removed, image_changed, metadata_changed), sorted
+        by item_id. A version's first build lists every item as added."""
+        files = [shard.get("changes_file") for shard in self.manifest["index"]["shards"]]
+        if not all(files):
+            raise IndexIntegrityError(f"version {self.version_id} has no changes/ (schema "
+                                      f"{self.manifest.get('schema_version')})")
+        folder = version_dir(self.root, self.version_id)
+        tables = []
+        for relative in files:
+            with storage.open_read(join(folder, check_version_file(relative))) as stream:
+                tables.append(pq.read_table(stream))
+        return pa.concat_tables(tables).sort_by("item_id")
 
     def __len__(self) -> int:
         return sum(shard.metadata.num_rows for shard in self.shards)

@@ -75,8 +75,15 @@ def test_build_publishes_and_counts_add_up(two_builds, image_catalog):
     counts = manifest["counts"]
     # photo.webp, .bmp and .tiff share the item_id odd/photo: one kept, two duplicates.
     assert counts == {"input": len(good_ids) + len(bad_ids) + 2, "indexed": len(good_ids),
-                      "failed": len(bad_ids), "duplicate": 2, "failed_by_stage": {"decode": 4}}
+                      "failed": len(bad_ids), "duplicate": 2, "failed_by_stage": {"decode": 4},
+                      "reused": 0, "embedded": len(good_ids), "added": len(good_ids),
+                      "removed": 0, "changed": 0}
     assert counts["input"] == counts["indexed"] + counts["failed"] + counts["duplicate"]
+    # The second build of the same files reuses every image the first one embedded (and
+    # tries the failed ones again).
+    second = json.load(open(os.path.join(version_dir(output, "second"), "manifest.json")))
+    assert second["counts"] == {**counts, "reused": len(good_ids), "embedded": 0, "added": 0}
+    assert second["reuse"]["from_version"] == "first"
     assert manifest["model"]["name"] == "efficientnet_lite0"
     assert manifest["model"]["embedding_dim"] == 1280 and manifest["validation"]["passed"]
 
@@ -278,7 +285,8 @@ def test_embeddings_parquet_keeps_every_vector_in_order_across_row_groups(monkey
     monkeypatch.setattr("transforms.write_metadata.ROWS_PER_GROUP", 2)
     vectors = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
     table = pa.table({"item_id": [f"p{n}" for n in range(5)],
-                      "sha256": [f"h{n}" for n in range(5)]})
+                      "sha256": [f"h{n}" for n in range(5)],
+                      "source_stamp": [f"size={n}" for n in range(5)]})
     path = tmp_path / "embeddings.parquet"
     write_embeddings_parquet(table, vectors, "fp", str(path))
     assert pq.ParquetFile(path).num_row_groups == 3

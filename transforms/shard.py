@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
@@ -26,10 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_index import ann, storage
-from catalog_index.schema import (embeddings_file, index_file, join, metadata_file,
-                                  metadata_schema, shard_of)
+from catalog_index.schema import (changes_file, embeddings_file, index_file, join,
+                                  metadata_file, metadata_schema, shard_of)
 from catalog_index.storage import sha256_of_file
 from models import caption_transfer
+from transforms.changes import shard_changes, write_changes_parquet
 from transforms.errors import counter
 from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
@@ -43,7 +45,11 @@ DEFAULT_MAX_ITEMS_PER_SHARD = 10_000
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
 METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "caption_source",
-                 "caption_confidence", "labels", "colors", "passthrough")
+                 "caption_confidence", "labels", "colors", "passthrough", "source_stamp",
+                 "reused")
+# Spill columns beside the metadata's: the stamp goes to the embeddings file, and whether
+# the item was carried forward from the previous version is counted.
+SPILL_EXTRA = [pa.field("source_stamp", pa.string()), pa.field("reused", pa.bool_())]
 
 
 def shard_count(catalog_rows: int, max_items_per_shard: int) -> int:
@@ -85,7 +91,7 @@ class ShardSpill:
         self.dimension = dimension
         fields = [field for field in metadata_schema(self.passthrough_columns)
                   if field.name not in ("shard", "annoy_id")]
-        self.schema = pa.schema(fields + [pa.field(VECTOR, pa.binary(4 * dimension))])
+        self.schema = pa.schema(fields + SPILL_EXTRA + [pa.field(VECTOR, pa.binary(4 * dimension))])
         self.path = os.path.join(folder, "spill.arrow")
         self._writer = pa.ipc.new_file(self.path, self.schema)
         self._rows = []
@@ -97,6 +103,7 @@ class ShardSpill:
         passthrough = fields.pop("passthrough", None) or {}
         row = {name: passthrough.get(name) for name in self.passthrough_columns}
         row.update(fields, item_id=item_id)
+        row["reused"] = bool(row.get("reused"))
         row[VECTOR] = vector
         self._rows.append(row)
         if len(self._rows) >= SPILL_ROWS:
@@ -155,8 +162,11 @@ class BuildShard(beam.DoFn):
     summary dict for the manifest. Same records + same options -> same bytes."""
 
     def __init__(self, version_dir: str, passthrough_columns, dimension: int, n_trees: int,
-                 seed: int, target_recall: float, model_fingerprint: str, text_columns=()):
+                 seed: int, target_recall: float, model_fingerprint: str, text_columns=(),
+                 previous: Optional[dict] = None):
         self.version_dir, self.dimension = version_dir, dimension
+        # The previous published version, for changes/: {version_dir, metadata_files}.
+        self.previous = previous
         self.passthrough_columns = list(passthrough_columns)
         self.text_columns = [c for c in text_columns if c in self.passthrough_columns]
         self.n_trees, self.seed, self.target_recall = n_trees, seed, target_recall
@@ -176,18 +186,24 @@ class BuildShard(beam.DoFn):
             table = self.caption(table, vectors, caption_model)
             files = {"index_file": index_file(shard, num_shards),
                      "metadata_file": metadata_file(shard, num_shards),
-                     "embeddings_file": embeddings_file(shard, num_shards)}
+                     "embeddings_file": embeddings_file(shard, num_shards),
+                     "changes_file": changes_file(shard, num_shards)}
             local = {key: os.path.join(scratch, key) for key in files}
             write_metadata_parquet(table, shard, self.passthrough_columns,
                                    local["metadata_file"])
             write_embeddings_parquet(table, vectors, self.model_fingerprint,
                                      local["embeddings_file"])
+            reused = pc.sum(table.column("reused")).as_py() or 0
+            changes = write_changes_parquet(shard_changes(
+                self.previous, shard, num_shards, local["metadata_file"]),
+                local["changes_file"])
             tuned = ann.tune_shard(vectors, self.n_trees, self.seed, self.target_recall,
                                    ann.queries_per_shard(num_shards))
             del vectors, table
             tuned.index.save(local["index_file"])
             tuned.index.unload()
-            summary = {"shard": shard, **files, "items": spill.count,
+            summary = {"shard": shard, **files, "items": spill.count, "reused": reused,
+                       **changes,
                        "bytes": os.path.getsize(local["index_file"]),
                        "sha256": sha256_of_file(local["index_file"]),
                        "metadata_sha256": sha256_of_file(local["metadata_file"]),

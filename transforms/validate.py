@@ -31,12 +31,21 @@ class _ValidateVersion(beam.DoFn):
         build = self.build
         shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
+        indexed = sum(entry["items"] for entry in shard_entries)
+        reused = sum(entry["reused"] for entry in shard_entries)
         counts = {"input": input_count,
-                  "indexed": sum(entry["items"] for entry in shard_entries),
+                  "indexed": indexed,
                   "failed": sum(errors_by_stage.values()) - duplicate,
                   "duplicate": duplicate,
                   "failed_by_stage": {stage: count for stage, count in sorted(errors_by_stage.items())
-                                      if stage != DUPLICATE_STAGE}}
+                                      if stage != DUPLICATE_STAGE},
+                  # indexed = reused (carried forward from the previous version) + embedded
+                  "reused": reused, "embedded": indexed - reused,
+                  # against the previous published version, item by item (changes/)
+                  "added": sum(entry["added"] for entry in shard_entries),
+                  "removed": sum(entry["removed"] for entry in shard_entries),
+                  "changed": sum(entry["image_changed"] + entry["metadata_changed"]
+                                 for entry in shard_entries)}
         problems = []
         if counts["input"] != counts["indexed"] + counts["failed"] + counts["duplicate"]:
             problems.append(f"counts do not add up: input {counts['input']} != indexed "
@@ -66,6 +75,7 @@ class _ValidateVersion(beam.DoFn):
                       "shards": [{key: entry[key] for key in SHARD_KEYS}
                                  for entry in shard_entries]},
             "text_index": text_index,
+            "reuse": build["reuse"],
             "counts": counts,
             "quality": quality,
             "validation": {"passed": not problems, "problems": problems, "gate": gate},
@@ -76,7 +86,8 @@ class _ValidateVersion(beam.DoFn):
         }
 
 
-SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "items", "bytes",
+SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "changes_file",
+              "items", "bytes",
               "sha256", "metadata_sha256", "n_trees", "search_k", "recall_at_10",
               "recall_queries")
 

@@ -37,8 +37,8 @@ def write_metadata_parquet(table: pa.Table, shard: int, passthrough_columns, pat
 
 def write_embeddings_parquet(table: pa.Table, vectors: np.ndarray, model_fingerprint: str,
                              path: str) -> None:
-    """item_id and sha256 of each row of ``table``, the model fingerprint, and the row's
-    vector (``vectors[row]``), in order; vectors go to Arrow as float32 buffers."""
+    """item_id and sha256 of each row of ``table``, the model fingerprint, the row's vector
+    (``vectors[row]``) and source stamp, in order; vectors go to Arrow as float32 buffers."""
     dimension = vectors.shape[1]
     with pq.ParquetWriter(path, EMBEDDINGS_SCHEMA, compression="zstd") as writer:
         for start in range(0, max(table.num_rows, 1), ROWS_PER_GROUP):
@@ -50,6 +50,7 @@ def write_embeddings_parquet(table: pa.Table, vectors: np.ndarray, model_fingerp
                 pa.array([model_fingerprint] * rows.num_rows, pa.string()),
                 # pa.int32() refuses (raises on) an offset past 2**31 - 1 instead of wrapping.
                 pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat)),
+                rows.column("source_stamp"),
             ], schema=EMBEDDINGS_SCHEMA))
 
 
