@@ -78,7 +78,8 @@ def build(catalog: str, version: str, proxy: FaultProxy):
 def artifacts(version: str) -> dict:
     prefix = f"gs://{BUCKET}/index/versions/{version}/"
     return {path[len(prefix):]: storage.read_bytes(path) for path in storage.list_files(prefix)
-            if not path.endswith(("manifest.json", "report.html", "report.json"))}
+            if not path.endswith(("manifest.json", "report.html", "report.json"))
+            and "/changes/" not in path}
 
 
 def report(mix: str, walls: dict, proxy: FaultProxy, summary: str) -> None:

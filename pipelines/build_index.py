@@ -469,11 +469,8 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
         print(f"catalog-index build: error: {error}", file=console)
         return 2
     reuse = build["reuse"]
-    if build["previous"] or args.full:
-        print("catalog-index build: " + (
-            f"incremental: images unchanged since version {reuse['from_version']} reuse its "
-            "results" if reuse["from_version"] else
-            f"full build: {reuse['full_build_reason']}"), file=console)
+    if build["previous"] and not reuse["from_version"]:  # an incremental build says nothing
+        print(f"catalog-index build: full build: {reuse['full_build_reason']}", file=console)
     try:
         with ProgressReporter(console, args.progress_seconds):
             result = submit(args, pipeline_options, build)

@@ -20,12 +20,14 @@ DIMENSION = 1280
 # Parquet files changed once since, by design, with schema 2: the metadata file gained
 # caption_source and caption_confidence, and both files' schemas say schema_version 2. The
 # .ann file did not change.
+# The Parquet files as of schema 3: their Arrow metadata names the schema version, and the
+# embeddings gained source_stamp (schema 2's were 45017235... and b4317cfe...).
 BEFORE = {"index/shard-00002-of-00004.ann":
           "5d3bf439435f447d87326532e67ed8eca834a86c1e496591b541177488caa326",
           "metadata/part-00002-of-00004.parquet":
-          "45017235d67b1e372ee77e0813bfee16fef2feb3c5c9fdb6d5add66b092cf6f4",
+          "d671f7b110125be0319eaf799fec09e2e28b45460fcc8289d7932f0927ceba95",
           "embeddings/part-00002-of-00004.parquet":
-          "b4317cfe6cd619c63ce6318f071a74572d10e05fdb7adad348a4c52125a85a45"}
+          "b5190978721420330545e951cb965ad8b3112b92aa66375f69b3dbb9fb51eb2d"}
 
 
 def synthetic_items(count=300, dimension=DIMENSION, seed=7):

@@ -134,15 +134,24 @@ class MatchPrevious(beam.PTransform):
         self.captioner = LabelColorCaptioner(class_names=class_names)
 
     def expand(self, items):
+        if self.previous is None:  # local files are stamped where they are: no shuffle
+            local, remote = items | "LocalOrGs" >> beam.Partition(
+                lambda item, _: int(storage.is_gcs(item["image_uri"])), 2)
+            stamped = local | "StatLocal" >> beam.Map(
+                lambda item: {**item, "source_stamp": storage.local_stamp(item["image_uri"])})
+            matched = self._join(remote, {})
+            return {TO_FETCH: (stamped, matched[TO_FETCH]) | "AllToFetch" >> beam.Flatten(),
+                    REUSED: matched[REUSED]}
+        return self._join(items, {"previous": self.previous})
+
+    def _join(self, items, previous: dict):
         stamps = (items
                   | "GsFolder" >> beam.FlatMap(lambda item: [
                       folder for folder in [gs_folder(item["image_uri"])] if folder])
                   | "EachFolderOnce" >> beam.Distinct()
                   | "ListFolder" >> beam.ParDo(_ListFolder()))
         groups = {"items": items | "ByUri" >> beam.Map(lambda item: (item["image_uri"], item)),
-                  "stamps": stamps}
-        if self.previous is not None:
-            groups["previous"] = self.previous
+                  "stamps": stamps, **previous}
         return (groups
                 | "JoinByUri" >> beam.CoGroupByKey()
                 | "Match" >> beam.ParDo(_Match(self.captioner)).with_outputs(
