@@ -312,3 +312,6 @@ def test_replace_killed_at_any_point_leaves_latest_valid_and_queryable(published
                           capture_output=True).returncode == 0
     assert open(os.path.join(root, "LATEST")).read().strip() == "v3"
     assert len(PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))) == len(PHOTOS) + 1
+    # and it reused the published version's work: every image is unchanged since
+    counts = json.load(open(os.path.join(version, "..", "v3", "manifest.json")))["counts"]
+    assert (counts["reused"], counts["embedded"]) == (len(PHOTOS) + 1, 0)

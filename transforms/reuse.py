@@ -33,7 +33,8 @@ REUSED = "reused"
 TO_FETCH = "to_fetch"
 # What a previous version says of one image, per URI: (sha256, stamp, width, height,
 # labels, colors, vector as float32 bytes).
-_PREVIOUS_METADATA = ["image_uri", "sha256", "width", "height", "labels", "colors"]
+_PREVIOUS_METADATA = ["item_id", "image_uri", "sha256", "width", "height", "labels", "colors"]
+READ_ROWS = 4096  # rows of a previous shard decoded at a time (vectors: 20 MB at 1,280-d)
 
 
 def gs_folder(uri: str) -> Optional[str]:
@@ -45,23 +46,33 @@ class _ListFolder(beam.DoFn):
         yield from storage.list_stamps(folder)
 
 
+def _rows(stream, columns):
+    """The rows of a Parquet file, read a few thousand at a time."""
+    for batch in pq.ParquetFile(stream).iter_batches(batch_size=READ_ROWS, columns=columns):
+        yield from zip(*(batch.column(name).to_pylist() if name != "vector" else
+                         _vectors(batch.column(name)) for name in columns))
+
+
+def _vectors(column):
+    """Each row's vector as float32 bytes."""
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    rows = flat.reshape(len(column), -1) if len(column) else flat.reshape(0, 0)
+    return [row.tobytes() for row in rows]
+
+
 def read_previous_shard(version_dir: str, shard: dict):
-    """(image_uri, what the version knows of it) for each item of one shard, streamed a row
-    group at a time from its metadata and embeddings files (same rows, same order)."""
-    with storage.open_read(join(version_dir, shard["metadata_file"])) as metadata_file, \
-            storage.open_read(join(version_dir, shard["embeddings_file"])) as embeddings_file:
-        metadata = pq.ParquetFile(metadata_file).iter_batches(columns=_PREVIOUS_METADATA)
-        embeddings = pq.ParquetFile(embeddings_file).iter_batches(
-            columns=["vector", "source_stamp"])
-        for rows, vectors in zip(metadata, embeddings):
-            stamps = vectors.column("source_stamp").to_pylist()
-            flat = vectors.column("vector").flatten().to_numpy(zero_copy_only=False)
-            dimension = len(flat) // max(rows.num_rows, 1)
-            for row, stamp, number in zip(rows.to_pylist(), stamps, range(rows.num_rows)):
-                vector = flat[number * dimension:(number + 1) * dimension].astype(
-                    np.float32).tobytes()
-                yield row["image_uri"], (row["sha256"], stamp, row["width"], row["height"],
-                                         row["labels"], row["colors"], vector)
+    """(image_uri, what the version knows of it) for each item of one shard, streamed from
+    its metadata and embeddings files, which hold the same items in the same order."""
+    with storage.open_read(join(version_dir, shard["metadata_file"])) as metadata, \
+            storage.open_read(join(version_dir, shard["embeddings_file"])) as embeddings:
+        for row, (item_id, stamp, vector) in zip(
+                _rows(metadata, _PREVIOUS_METADATA),
+                _rows(embeddings, ["item_id", "source_stamp", "vector"]), strict=True):
+            if row[0] != item_id:
+                raise ValueError(f"{shard['embeddings_file']}: rows out of step with "
+                                 f"{shard['metadata_file']} at item {item_id!r}")
+            _, uri, sha256, width, height, labels, colors = row
+            yield uri, (sha256, stamp, width, height, labels, colors, vector)
 
 
 class ReadPreviousVersion(beam.PTransform):
