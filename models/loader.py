@@ -319,6 +319,9 @@ def _load_keras_file(path: str, runtime: str, cache_dir: str,
     fingerprint = _sha256_of_tree(path)
     local = _local_copy(path, cache_dir, fingerprint, ".keras")
     model = keras.models.load_model(local, compile=False)
+    if isinstance(model, keras.Sequential) and model.inputs:
+        # Keras 3 loads a Sequential model without a defined output until it is called.
+        model = keras.Model(model.inputs, model(model.inputs[0]))
     outputs = model.output if isinstance(model.output, dict) else {"embedding": model.output}
     info = _user_model_info(path, _read_sidecar(path), int(model.input_shape[1]),
                             int(outputs["embedding"].shape[-1]), runtime, fingerprint)

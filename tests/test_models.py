@@ -208,6 +208,19 @@ def test_a_saved_keras_model_loads_by_path(keras_model, tmp_path, photos, model_
     assert mine.predict(batch).embeddings.shape == (1, 1280)
 
 
+def test_a_saved_sequential_model_loads_by_path(tmp_path, photos, model_cache):
+    import keras
+
+    tiny = keras.Sequential([keras.Input((224, 224, 3)), keras.layers.Conv2D(8, 3, strides=8),
+                             keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(16)])
+    path = str(tmp_path / "sequential.keras")
+    tiny.save(path)
+    mine = load_model(path, runtime="keras", cache_dir=model_cache)
+    assert mine.info.embedding_dim == 16
+    batch = np.stack([pp.preprocess_image(encode(photos["coffee"]), mine.info.preprocessing).pixels])
+    assert mine.predict(batch).embeddings.shape == (1, 16)
+
+
 def test_a_savedmodel_folder_loads_with_its_sidecar(keras_model, tmp_path, photos, model_cache):
     folder = tmp_path / "exported"
     keras_model.model.export(str(folder), format="tf_saved_model", verbose=False)
