@@ -403,17 +403,17 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
         shards = [{"metadata_file": check_version_file(shard["metadata_file"]),
                    "embeddings_file": check_version_file(shard["embeddings_file"])}
                   for shard in manifest["index"]["shards"]]
+        return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
+                "model_fingerprint": manifest["model"]["fingerprint"],
+                "embedding_dim": manifest["model"]["embedding_dim"],
+                "version_dir": folder, "shards": shards,
+                "metadata_files": [shard["metadata_file"] for shard in shards],
+                "schema_version": manifest.get("schema_version"),
+                "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
     except (ValueError, KeyError, TypeError, InvalidVersionId, FileNotFoundError) as error:
         raise UsageError(f"{path}: not the manifest of a complete version "
                          f"({type(error).__name__}: {error}); publish another version with "
                          "catalog-index rollback") from None
-    return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
-            "model_fingerprint": manifest["model"]["fingerprint"],
-            "embedding_dim": manifest["model"]["embedding_dim"],
-            "version_dir": folder, "shards": shards,
-            "metadata_files": [shard["metadata_file"] for shard in shards],
-            "schema_version": manifest.get("schema_version"),
-            "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
 
 
 def reuse_settings(model_entry: dict, class_names, args) -> dict:

@@ -168,9 +168,12 @@ class PublishedIndex:
                                       f"{self.manifest.get('schema_version')})")
         folder = version_dir(self.root, self.version_id)
         tables = []
-        for relative in files:
-            with storage.open_read(join(folder, check_version_file(relative))) as stream:
-                tables.append(pq.read_table(stream))
+        for shard in self.manifest["index"]["shards"]:
+            path = join(folder, check_version_file(shard["changes_file"]))
+            data = storage.read_bytes(path)
+            if hashlib.sha256(data).hexdigest() != shard.get("changes_sha256"):
+                raise IndexIntegrityError(f"{path}: sha256 differs from the manifest")
+            tables.append(pq.read_table(pa.BufferReader(data)))
         return pa.concat_tables(tables).sort_by("item_id")
 
     def __len__(self) -> int:

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -133,6 +134,17 @@ def test_changes_list_exactly_what_changed(nights):
     assert [row["item_id"] for row in changes] == sorted(nights["expected"])
     first = PublishedIndex.open(nights["root"], version="a").changes()
     assert first.column("change").to_pylist() == ["added"] * len(nights["items_a"])
+
+
+def test_changes_are_checked_against_the_manifest(nights, tmp_path):
+    from search.index import IndexIntegrityError
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(nights["fresh"], copy)
+    path = os.path.join(version_dir(copy, "b"), "changes", "part-00000-of-00002.parquet")
+    pq.write_table(pq.read_table(path).slice(1), path)  # one row lost
+    with pytest.raises(IndexIntegrityError, match="sha256 differs"):
+        PublishedIndex.open(copy).changes()
 
 
 def test_a_photo_replaced_at_the_same_path_is_embedded_again(nights):

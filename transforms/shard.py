@@ -207,6 +207,7 @@ class BuildShard(beam.DoFn):
                        "bytes": os.path.getsize(local["index_file"]),
                        "sha256": sha256_of_file(local["index_file"]),
                        "metadata_sha256": sha256_of_file(local["metadata_file"]),
+                       "changes_sha256": sha256_of_file(local["changes_file"]),
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
                        "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
             with ThreadPoolExecutor(len(files)) as pool:  # side by side: one slow upload

@@ -87,9 +87,8 @@ class _ValidateVersion(beam.DoFn):
 
 
 SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "changes_file",
-              "items", "bytes",
-              "sha256", "metadata_sha256", "n_trees", "search_k", "recall_at_10",
-              "recall_queries")
+              "items", "bytes", "sha256", "metadata_sha256", "changes_sha256", "n_trees",
+              "search_k", "recall_at_10", "recall_queries")
 
 
 def quality_figures(shard_entries, counts, previous) -> dict:
