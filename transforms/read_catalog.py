@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from catalog_index import storage
 from catalog_index.schema import DUPLICATE_STAGE, passthrough_name
+from transforms.keys import bucket
 from transforms.errors import ERRORS, counter, dead_letter, error_row
 
 CATALOG_FORMATS = {".csv": "csv", ".jsonl": "json", ".ndjson": "json", ".json": "json",
@@ -256,18 +257,22 @@ class ReadCatalogFile(beam.DoFn):
 
 
 class _KeepFirstPerItemId(beam.DoFn):
-    """Of the rows with one item_id, the first in catalog order is kept (for a glob, which
-    has no order of its own, the first by path)."""
+    """Of the rows with one item_id (in one bucket of item ids), the first in catalog order
+    is kept (for a glob, which has no order of its own, the first by path)."""
 
     def process(self, keyed):
-        _item_id, rows = keyed
-        ordered = sorted(rows, key=lambda row: (row.get("row") or 0, row["image_uri"]))
-        yield ordered[0]
-        for duplicate in ordered[1:]:
-            counter("duplicate").inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
-                duplicate, DUPLICATE_STAGE, "DuplicateItemId",
-                f"item_id already present; kept image_uri {ordered[0]['image_uri']}"))
+        _bucket, rows = keyed
+        by_item_id = {}
+        for row in rows:
+            by_item_id.setdefault(row["item_id"], []).append(row)
+        for same_id in by_item_id.values():
+            ordered = sorted(same_id, key=lambda row: (row.get("row") or 0, row["image_uri"]))
+            yield ordered[0]
+            for duplicate in ordered[1:]:
+                counter("duplicate").inc()
+                yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                    duplicate, DUPLICATE_STAGE, "DuplicateItemId",
+                    f"item_id already present; kept image_uri {ordered[0]['image_uri']}"))
 
 
 class ReadCatalog(beam.PTransform):
@@ -298,7 +303,7 @@ class ReadCatalog(beam.PTransform):
                     .with_outputs(ERRORS, main="rows"))
             rows, read_errors = read.rows, read[ERRORS]
         deduped = (rows
-                   | "ByItemId" >> beam.GroupBy(lambda item: item["item_id"])
+                   | "ByItemIdBucket" >> beam.GroupBy(lambda item: bucket(item["item_id"]))
                    | "KeepFirst" >> beam.ParDo(_KeepFirstPerItemId()).with_outputs(
                        ERRORS, main="items"))
         errors = (read_errors, deduped[ERRORS]) | "ReadErrors" >> beam.Flatten()

@@ -28,6 +28,7 @@ from catalog_index import storage
 from catalog_index.schema import join
 from models.captioner import LabelColorCaptioner
 from transforms.errors import counter
+from transforms.keys import bucket
 
 REUSED = "reused"
 TO_FETCH = "to_fetch"
@@ -109,27 +110,29 @@ def reused_item(item: dict, previous: tuple, captioner: LabelColorCaptioner) -> 
 
 
 class _Match(beam.DoFn):
-    """(uri, {items, stamps, previous}) -> each item stamped, then reused (tagged) when the
-    previous version recorded the same stamp for the URI, else to be fetched (main), with
-    the previous results attached for the sha256 check after the read."""
+    """(bucket of URIs, {items, stamps, previous}) -> each item stamped, then reused (tagged)
+    when the previous version recorded the same stamp for its URI, else to be fetched
+    (main), with the previous results attached for the sha256 check after the read."""
 
     def __init__(self, captioner: LabelColorCaptioner):
         self.captioner = captioner
 
     def process(self, joined):
-        uri, groups = joined
-        listed = list(groups["stamps"])
-        stamp = listed[0] if listed else None
-        previous = min(groups.get("previous", []), default=None, key=lambda found: found[0])
+        _bucket, groups = joined
+        listed = dict(groups["stamps"])
+        previous = {}
+        for uri, found in groups.get("previous", []):
+            if uri not in previous or found[0] < previous[uri][0]:
+                previous[uri] = found  # one per URI: the smallest sha256
         for item in groups["items"]:
-            if stamp is None and not storage.is_gcs(uri):
-                stamp = storage.local_stamp(uri)
-            item = {**item, "source_stamp": stamp}
-            if previous is not None and stamp is not None and previous[1] == stamp:
-                yield beam.pvalue.TaggedOutput(REUSED, reused_item(item, previous,
+            uri = item["image_uri"]
+            stamp = listed.get(uri) if storage.is_gcs(uri) else storage.local_stamp(uri)
+            item, before = {**item, "source_stamp": stamp}, previous.get(uri)
+            if before is not None and stamp is not None and before[1] == stamp:
+                yield beam.pvalue.TaggedOutput(REUSED, reused_item(item, before,
                                                                    self.captioner))
-            elif previous is not None:
-                yield {**item, "previous": previous}
+            elif before is not None:
+                yield {**item, "previous": before}
             else:
                 yield item
 
@@ -161,10 +164,14 @@ class MatchPrevious(beam.PTransform):
                       folder for folder in [gs_folder(item["image_uri"])] if folder])
                   | "EachFolderOnce" >> beam.Distinct()
                   | "ListFolder" >> beam.ParDo(_ListFolder()))
-        groups = {"items": items | "ByUri" >> beam.Map(lambda item: (item["image_uri"], item)),
-                  "stamps": stamps, **previous}
-        return (groups
-                | "JoinByUri" >> beam.CoGroupByKey()
+        by_bucket = {
+            "items": items | "ItemByUri" >> beam.Map(lambda item: (
+                bucket(item["image_uri"]), item)),
+            "stamps": stamps | "StampByUri" >> beam.Map(lambda pair: (bucket(pair[0]), pair)),
+            **{name: found | "PreviousByUri" >> beam.Map(lambda pair: (bucket(pair[0]), pair))
+               for name, found in previous.items()}}
+        return (by_bucket
+                | "JoinByUriBucket" >> beam.CoGroupByKey()
                 | "Match" >> beam.ParDo(_Match(self.captioner)).with_outputs(
                     REUSED, main=TO_FETCH))
 
