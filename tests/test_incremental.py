@@ -121,6 +121,11 @@ def test_only_new_and_changed_images_are_embedded(nights):
     assert (counts["embedded"], counts["reused"]) == (2, 14)
     assert (counts["added"], counts["removed"], counts["changed"]) == (1, 1, 2)
     assert counts["input"] == counts["indexed"] + counts["failed"] + counts["duplicate"]
+    report = json.loads(storage.read_text(join(version_dir(nights["root"], "b"), "report.json")))
+    assert report["counts"] == counts
+    page = storage.read_text(join(version_dir(nights["root"], "b"), "report.html"))
+    assert "<td>reused from version a</td><td>14</td>" in page
+    assert "<td>added since the previous version</td><td>1</td>" in page
     full = manifest(nights["fresh"], "b")
     assert (full["counts"]["embedded"], full["counts"]["reused"]) == (16, 0)
     assert full["reuse"]["full_build_reason"] == "no published version yet"
