@@ -285,7 +285,8 @@ def test_replace_killed_at_any_point_leaves_latest_valid_and_queryable(published
             writer.writerow([item_id, os.path.join(os.path.dirname(output), "img",
                                                    f"{name}.jpg"), f"A {name}"])
     command = [sys.executable, "-m", "pipelines.cli", "build", "--catalog", str(catalog),
-               "--output", root, "--num-shards", "3"]
+               "--output", root, "--num-shards", "3",
+               "--max-image-bytes", "1000000"]  # as v1 was built: its work can be reused
     argv = command + ["--version-id", "v2", "--replace"]
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": os.getcwd()}
     log = os.path.join(str(tmp_path), "catalog-index", "build-v2.log")
@@ -308,8 +309,9 @@ def test_replace_killed_at_any_point_leaves_latest_valid_and_queryable(published
         assert index.query_vector(index.vector("coffee"), k=1)[0].item_id == "coffee"
     assert all(killed_at.values()), killed_at  # each build was killed before it finished
     # The last kill may have come after LATEST was written: v2 is then the published one.
-    assert subprocess.run(command + ["--version-id", "v3"], env=env,
-                          capture_output=True).returncode == 0
+    final = subprocess.run(command + ["--version-id", "v3"], env=env, capture_output=True,
+                           text=True)
+    assert final.returncode == 0, final.stderr[-2000:]
     assert open(os.path.join(root, "LATEST")).read().strip() == "v3"
     assert len(PublishedIndex.open(root, cache_dir=str(tmp_path / "cache"))) == len(PHOTOS) + 1
     # and it reused the published version's work: every image is unchanged since
