@@ -393,17 +393,15 @@ def replace_latest(path: str, text: str, token) -> None:
             if current != text:
                 raise _conflict(path, current) from None
         return
-    lock = path + ".lock"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    handle = _acquire_lock(lock)
+    handle = _acquire_lock(path + ".lock")
     try:
         current = read_optional_text(path)
         if current != token and current != text:
             raise _conflict(path, current)
         write_text(path, text)
     finally:
-        os.close(handle)
-        os.remove(lock)
+        os.close(handle)  # which releases the lock
 
 
 def _conflict(path: str, current: Optional[str]) -> PublishConflict:
@@ -412,14 +410,21 @@ def _conflict(path: str, current: Optional[str]) -> PublishConflict:
 
 
 def _acquire_lock(lock: str, timeout: float = 30.0) -> int:
+    """An exclusive lock on the file ``lock`` (created if need be), held until the returned
+    descriptor is closed. The system releases it when its process dies: a build killed
+    while publishing leaves no lock behind (the file stays, unlocked)."""
+    import fcntl
+
+    handle = os.open(lock, os.O_CREAT | os.O_WRONLY, 0o666 & ~_umask())
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
             if time.monotonic() > deadline:
-                raise PublishConflict(f"{lock} is held by another build (or was left behind "
-                                      "by a crashed one: remove it if no build is running)")
+                os.close(handle)
+                raise PublishConflict(f"{lock} is held by another build that is publishing")
             time.sleep(0.05)
 
 

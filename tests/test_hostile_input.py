@@ -17,6 +17,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from catalog_index import storage
 from catalog_index.schema import version_dir
 from pipelines.build_index import run as build
 from pipelines.rollback import run as rollback
@@ -317,3 +318,22 @@ def test_replace_killed_at_any_point_leaves_latest_valid_and_queryable(published
     # and it reused the published version's work: every image is unchanged since
     counts = json.load(open(os.path.join(version, "..", "v3", "manifest.json")))["counts"]
     assert (counts["reused"], counts["embedded"]) == (len(PHOTOS) + 1, 0)
+
+
+def test_a_publisher_killed_holding_the_lock_blocks_no_later_build(tmp_path):
+    """A build killed while it held LATEST's lock (between taking it and writing LATEST)
+    leaves the lock file, but not the lock: the next build publishes at once."""
+    latest = str(tmp_path / "LATEST")
+    storage.write_text(latest, "v1\n")
+    _, token = storage.read_latest(latest)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from catalog_index import storage; "
+         "storage._acquire_lock(sys.argv[1]); print('held', flush=True); time.sleep(600)",
+         latest + ".lock"], stdout=subprocess.PIPE, text=True, env={
+             **os.environ, "PYTHONPATH": os.getcwd()})
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert os.path.exists(latest + ".lock")  # left behind, unlocked
+    storage.replace_latest(latest, "v2\n", token)
+    assert storage.read_text(latest) == "v2\n"
