@@ -259,8 +259,11 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                                     precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
-    items = ((captioned.items, matched[REUSED], unchanged[REUSED])
-             | "WithReusedItems" >> beam.Flatten())
+    # The local runner materializes a multi-input Flatten whole (every item's vector, at
+    # the shuffle's peak): a full build, which reuses nothing, has none.
+    items = captioned.items if reusable is None else (
+        (captioned.items, matched[REUSED], unchanged[REUSED])
+        | "WithReusedItems" >> beam.Flatten())
     caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method)
 

@@ -148,15 +148,9 @@ class MatchPrevious(beam.PTransform):
         self.captioner = LabelColorCaptioner(class_names=class_names)
 
     def expand(self, items):
-        if self.previous is None:  # local files are stamped where they are: no shuffle
-            local, remote = items | "LocalOrGs" >> beam.Partition(
-                lambda item, _: int(storage.is_gcs(item["image_uri"])), 2)
-            stamped = local | "StatLocal" >> beam.Map(
-                lambda item: {**item, "source_stamp": storage.local_stamp(item["image_uri"])})
-            matched = self._join(remote, {})
-            return {TO_FETCH: (stamped, matched[TO_FETCH]) | "AllToFetch" >> beam.Flatten(),
-                    REUSED: matched[REUSED]}
-        return self._join(items, {"previous": self.previous})
+        # One path for local and gs:// images alike: a Flatten of two paths would be
+        # materialized whole by the local runner (it always is, multi-input).
+        return self._join(items, {} if self.previous is None else {"previous": self.previous})
 
     def _join(self, items, previous: dict):
         stamps = (items
