@@ -44,7 +44,7 @@ from transforms.preprocess import DecodeAndPreprocess
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
-from transforms.reuse import REUSED, TO_FETCH, MatchPrevious, ReadPreviousVersion, SameBytes
+from transforms.reuse import MatchPrevious, ReadPreviousVersion, SameBytes
 from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, BuildShards,
                               GroupIntoShards, shard_count)
 from transforms.text_index import BuildTextIndex
@@ -249,9 +249,9 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
         previous["version_dir"], previous["shards"]) if build["reuse"]["from_version"] else None
     matched = catalog["items"] | "MatchPrevious" >> MatchPrevious(
         reusable, model_info.class_names)
-    fetched = matched[TO_FETCH] | "FetchImages" >> FetchImages(args.max_image_bytes)
+    fetched = matched | "FetchImages" >> FetchImages(args.max_image_bytes)
     unchanged = fetched.items | "SameBytes" >> SameBytes(model_info.class_names)
-    decoded = unchanged.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
+    decoded = unchanged | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, args.runtime,
                                     batch_size=args.batch_size,
@@ -259,11 +259,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                                     precision=args.precision)
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
-    # The local runner materializes a multi-input Flatten whole (every item's vector, at
-    # the shuffle's peak): a full build, which reuses nothing, has none.
-    items = captioned.items if reusable is None else (
-        (captioned.items, matched[REUSED], unchanged[REUSED])
-        | "WithReusedItems" >> beam.Flatten())
+    items = captioned.items  # reused items come through every stage untouched
     caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method)
 

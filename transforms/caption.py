@@ -8,6 +8,7 @@ import apache_beam as beam
 
 from models.captioner import Captioner, LabelColorCaptioner
 from transforms.errors import ERRORS, counter, dead_letter
+from transforms.reuse import is_reused
 
 
 class CaptionItem(beam.DoFn):
@@ -16,6 +17,9 @@ class CaptionItem(beam.DoFn):
         self.captioner_threshold = getattr(captioner, "threshold", 0.0)
 
     def process(self, item):
+        if is_reused(item):  # captioned from the previous version's labels and colors
+            yield item
+            return
         x0, y0, x1, y1 = item.pop("content_box")
         pixels = item.pop("pixels")
         probabilities = item.pop("probabilities")

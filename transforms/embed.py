@@ -18,6 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from models.loader import EmbeddingModel, load_model
 from transforms.errors import ERRORS, counter, dead_letter
+from transforms.reuse import is_reused
 
 
 class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
@@ -42,6 +43,10 @@ class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
 
     def run_inference(self, batch: Sequence[dict], model: EmbeddingModel,
                       inference_args: Optional[Dict[str, Any]] = None) -> Iterable[dict]:
+        yield from (item for item in batch if is_reused(item))  # embedded before
+        batch = [item for item in batch if not is_reused(item)]
+        if not batch:
+            return
         try:
             output = model.predict(np.stack([item["pixels"] for item in batch]))
         except Exception as error:
@@ -61,13 +66,16 @@ class EmbeddingModelHandler(ModelHandler[dict, dict, EmbeddingModel]):
         return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
 
     def get_num_bytes(self, batch: Sequence[dict]) -> int:
-        return sum(item["pixels"].nbytes for item in batch)
+        return sum(item["pixels"].nbytes for item in batch if "pixels" in item)
 
 
 class _CheckEmbedding(beam.DoFn):
     """Items that failed inference, or got a non-finite vector, must not reach the index."""
 
     def process(self, item):
+        if is_reused(item):
+            yield item
+            return
         error = item.pop("embed_error", None)
         if error is None and not np.all(np.isfinite(item["embedding"])):
             error = ValueError("model produced a non-finite embedding")

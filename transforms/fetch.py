@@ -22,6 +22,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from catalog_index import storage
 from transforms.errors import ERRORS, counter, dead_letter
+from transforms.reuse import is_reused
 
 
 def _fetch(item: dict, max_bytes: int):
@@ -60,6 +61,9 @@ class FetchImage(beam.DoFn):
         self._in_flight = set()
 
     def process(self, item):
+        if is_reused(item):
+            yield item
+            return
         if not _is_remote(item):
             yield _fetched(*_fetch(item, self.max_bytes))
             return

@@ -6,6 +6,7 @@ import apache_beam as beam
 
 from models.preprocessing import DEFAULT_MAX_PIXELS, ImageError, PreprocessingSpec, preprocess_image
 from transforms.errors import ERRORS, counter, dead_letter
+from transforms.reuse import is_reused
 
 
 class DecodeImage(beam.DoFn):
@@ -13,6 +14,9 @@ class DecodeImage(beam.DoFn):
         self.spec, self.max_pixels = spec, max_pixels
 
     def process(self, item):
+        if is_reused(item):
+            yield item
+            return
         data = item.pop("image_bytes")
         try:
             image = preprocess_image(data, self.spec, self.max_pixels)

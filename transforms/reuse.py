@@ -1,9 +1,9 @@
 """Incremental builds: what the previous published version knows about an image whose
 bytes did not change is carried forward, not computed again.
 
-    items ─► MatchPrevious ─┬─ same stamp ─────────────────────────────► reused
-                            └─ new or other stamp ─► FetchImages ─► SameBytes ─┬─► reused
-                                                                             └─► decode, embed, caption
+    items ─► MatchPrevious ─► FetchImages ─► SameBytes ─► Decode ─► Embed ─► Caption ─► shards
+              same stamp: reused ─────────────────────────────────────────────────────►
+                         other stamp, same sha256: reused ────────────────────────────►
 
 Every item gets a **stamp**: what the storage says of its image without reading it (size
 and mtime of a local file; size, crc32c and md5 of a gs:// object, listed a thousand at a
@@ -13,6 +13,10 @@ colors are reused without a read. Otherwise the image is read; if its sha256 is 
 previous one, the same fields are reused without a decode. Only new and changed images are
 decoded and embedded. Captions, shards and the text index depend on the whole catalog and
 are built from the merged items, as in a full build, which gives the same bytes.
+
+A reused item is marked ``reused`` and every later stage hands it on untouched, so all
+items stay one stream: the local runner materializes a multi-input Flatten whole, which at
+the shuffle's peak would hold every item's vector once more.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ from models.captioner import LabelColorCaptioner
 from transforms.errors import counter
 from transforms.keys import bucket
 
-REUSED = "reused"
-TO_FETCH = "to_fetch"
+REUSED = "reused"  # an item complete from the previous version: stages hand it on
+
+
+def is_reused(item: dict) -> bool:
+    return bool(item.get(REUSED))
+
 # What a previous version says of one image, per URI: (sha256, stamp, width, height,
 # labels, colors, vector as float32 bytes).
 _PREVIOUS_METADATA = ["item_id", "image_uri", "sha256", "width", "height", "labels", "colors"]
@@ -110,9 +118,9 @@ def reused_item(item: dict, previous: tuple, captioner: LabelColorCaptioner) -> 
 
 
 class _Match(beam.DoFn):
-    """(bucket of URIs, {items, stamps, previous}) -> each item stamped, then reused (tagged)
-    when the previous version recorded the same stamp for its URI, else to be fetched
-    (main), with the previous results attached for the sha256 check after the read."""
+    """(bucket of URIs, {items, stamps, previous}) -> each item stamped, then reused when
+    the previous version recorded the same stamp for its URI, else with the previous
+    results attached for the sha256 check after the read."""
 
     def __init__(self, captioner: LabelColorCaptioner):
         self.captioner = captioner
@@ -129,8 +137,7 @@ class _Match(beam.DoFn):
             stamp = listed.get(uri) if storage.is_gcs(uri) else storage.local_stamp(uri)
             item, before = {**item, "source_stamp": stamp}, previous.get(uri)
             if before is not None and stamp is not None and before[1] == stamp:
-                yield beam.pvalue.TaggedOutput(REUSED, reused_item(item, before,
-                                                                   self.captioner))
+                yield reused_item(item, before, self.captioner)
             elif before is not None:
                 yield {**item, "previous": before}
             else:
@@ -138,9 +145,10 @@ class _Match(beam.DoFn):
 
 
 class MatchPrevious(beam.PTransform):
-    """items -> {"to_fetch": items stamped (with the previous results where the URI had
-    some), "reused": items complete without a read}. With ``previous`` None (a full
-    build) every item is to be fetched, and only stamped."""
+    """items -> the items stamped: complete and marked reused where the previous version
+    recorded the same stamp for the URI, else with the previous results attached (for the
+    sha256 check after the read) where it had some. With ``previous`` None (a full build)
+    items are only stamped."""
 
     def __init__(self, previous=None, class_names=None):
         super().__init__()
@@ -166,8 +174,7 @@ class MatchPrevious(beam.PTransform):
                for name, found in previous.items()}}
         return (by_bucket
                 | "JoinByUriBucket" >> beam.CoGroupByKey()
-                | "Match" >> beam.ParDo(_Match(self.captioner)).with_outputs(
-                    REUSED, main=TO_FETCH))
+                | "Match" >> beam.ParDo(_Match(self.captioner)))
 
 
 class _SameBytes(beam.DoFn):
@@ -181,7 +188,7 @@ class _SameBytes(beam.DoFn):
         previous = item.pop("previous", None)
         if previous is not None and previous[0] == item["sha256"]:
             item.pop("image_bytes")
-            yield beam.pvalue.TaggedOutput(REUSED, reused_item(item, previous, self.captioner))
+            yield reused_item(item, previous, self.captioner)
         else:
             yield item
 
@@ -192,5 +199,4 @@ class SameBytes(beam.PTransform):
         self.captioner = LabelColorCaptioner(class_names=class_names)
 
     def expand(self, fetched):
-        return fetched | "SameBytes" >> beam.ParDo(_SameBytes(self.captioner)).with_outputs(
-            REUSED, main="items")
+        return fetched | "SameBytes" >> beam.ParDo(_SameBytes(self.captioner))
