@@ -41,7 +41,8 @@ TALLY = Tally()
 
 def items_done(counts: Dict[str, int]) -> int:
     failed = sum(count for name, count in counts.items() if name.startswith("failed_"))
-    return counts.get("captioned", 0) + failed + counts.get("duplicate", 0)
+    return (counts.get("captioned", 0) + counts.get("reused", 0) + failed
+            + counts.get("duplicate", 0))
 
 
 def _duration(seconds: float) -> str:
