@@ -40,6 +40,7 @@ REUSED = "reused"  # an item complete from the previous version: stages hand it 
 def is_reused(item: dict) -> bool:
     return bool(item.get(REUSED))
 
+
 # What a previous version says of one image, per URI: (sha256, stamp, width, height,
 # labels, colors, vector as float32 bytes).
 _PREVIOUS_METADATA = ["item_id", "image_uri", "sha256", "width", "height", "labels", "colors"]
