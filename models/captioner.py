@@ -117,6 +117,16 @@ def dominant_colors(pixels: np.ndarray, min_fraction: float = 0.12,
             if fractions[i] >= min_fraction]
 
 
+def caption_fields(caption: Caption, threshold: float) -> dict:
+    """An image's caption as metadata fields: the text, its source ("labels"), how sure it
+    is (the best label score at or above ``threshold``, else 0), the labels and colors."""
+    confident = [score for _, score in caption.labels if score >= threshold]
+    return {"caption": caption.text, "caption_source": "labels",
+            "caption_confidence": confident[0] if confident else 0.0,
+            "labels": [{"label": label, "score": score} for label, score in caption.labels],
+            "colors": [{"name": name, "fraction": share} for name, share in caption.colors]}
+
+
 # Bump when the same image would get other labels or colors (the color bands, the product
 # mask, the rounding): versions built before are then not reused by incremental builds.
 ITEM_FIELDS_VERSION = 1

@@ -269,7 +269,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
         args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
-        previous=previous and {key: previous[key] for key in ("version_dir", "metadata_files")}),
+        previous=previous and {key: previous[key] for key in ("version_dir", "shards")}),
         num_shards, caption_model)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
@@ -406,7 +406,6 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
                 "model_fingerprint": manifest["model"]["fingerprint"],
                 "embedding_dim": manifest["model"]["embedding_dim"],
                 "version_dir": folder, "shards": shards,
-                "metadata_files": [shard["metadata_file"] for shard in shards],
                 "schema_version": manifest.get("schema_version"),
                 "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
     except (ValueError, KeyError, TypeError, InvalidVersionId, FileNotFoundError) as error:

@@ -162,8 +162,7 @@ class PublishedIndex:
         """What changed since the version published before this one: a table of
         ``item_id`` and ``change`` (added, removed, image_changed, metadata_changed), sorted
         by item_id. A version's first build lists every item as added."""
-        files = [shard.get("changes_file") for shard in self.manifest["index"]["shards"]]
-        if not all(files):
+        if not all(shard.get("changes_file") for shard in self.manifest["index"]["shards"]):
             raise IndexIntegrityError(f"version {self.version_id} has no changes/ (schema "
                                       f"{self.manifest.get('schema_version')})")
         folder = version_dir(self.root, self.version_id)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import apache_beam as beam
 
-from models.captioner import Captioner, LabelColorCaptioner
+from models.captioner import Captioner, LabelColorCaptioner, caption_fields
 from transforms.errors import ERRORS, counter, dead_letter
 from transforms.reuse import is_reused
 
@@ -29,11 +29,7 @@ class CaptionItem(beam.DoFn):
             yield dead_letter(item, "caption", error)
             return
         counter("captioned").inc()
-        confident = [score for _, score in caption.labels if score >= self.captioner_threshold]
-        yield {**item, "caption": caption.text, "caption_source": "labels",
-               "caption_confidence": confident[0] if confident else 0.0,
-               "labels": [{"label": label, "score": score} for label, score in caption.labels],
-               "colors": [{"name": name, "fraction": share} for name, share in caption.colors]}
+        yield {**item, **caption_fields(caption, self.captioner_threshold)}
 
 
 class Caption(beam.PTransform):

@@ -30,14 +30,13 @@ def previous_rows(previous: dict, shard: int, num_shards: int) -> dict:
     """item_id -> metadata row of the previous version's items that fall in ``shard`` of
     ``num_shards``: its file of the same number when the shard count is the same, else
     those rows of every file."""
-    files = previous["metadata_files"]
-    if len(files) == num_shards:
-        files = [files[shard]]
+    files = [entry["metadata_file"] for entry in previous["shards"]]
+    same_count = len(files) == num_shards
     rows = {}
-    for relative in files:
+    for relative in [files[shard]] if same_count else files:
         with storage.open_read(join(previous["version_dir"], relative)) as stream:
             table = pq.read_table(stream)
-        if len(previous["metadata_files"]) != num_shards:
+        if not same_count:
             mine = [shard_of(item_id, num_shards) == shard
                     for item_id in table.column("item_id").to_pylist()]
             table = table.filter(pa.array(mine, pa.bool_()))

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from catalog_index import storage
 from catalog_index.schema import join
-from models.captioner import LabelColorCaptioner
+from models.captioner import Caption, LabelColorCaptioner, caption_fields
 from transforms.errors import counter
 from transforms.keys import bucket
 
@@ -106,16 +106,12 @@ def reused_item(item: dict, previous: tuple, captioner: LabelColorCaptioner) -> 
     sha256, stamp, width, height, labels, colors, vector = previous
     labels = [(entry["label"], round(float(entry["score"]), 4)) for entry in labels or []]
     colors = [(entry["name"], round(float(entry["fraction"]), 4)) for entry in colors or []]
-    confident = [score for _, score in labels if score >= captioner.threshold]
+    caption = Caption(captioner.describe(labels, colors), labels, colors)
     counter("reused").inc()
     return {**item, "sha256": sha256, "source_stamp": item.get("source_stamp") or stamp,
             "width": width, "height": height,
             "embedding": np.frombuffer(vector, dtype=np.float32),
-            "caption": captioner.describe(labels, colors), "caption_source": "labels",
-            "caption_confidence": confident[0] if confident else 0.0,
-            "labels": [{"label": label, "score": score} for label, score in labels],
-            "colors": [{"name": name, "fraction": share} for name, share in colors],
-            REUSED: True}
+            **caption_fields(caption, captioner.threshold), REUSED: True}
 
 
 class _Match(beam.DoFn):
@@ -159,9 +155,7 @@ class MatchPrevious(beam.PTransform):
     def expand(self, items):
         # One path for local and gs:// images alike: a Flatten of two paths would be
         # materialized whole by the local runner (it always is, multi-input).
-        return self._join(items, {} if self.previous is None else {"previous": self.previous})
-
-    def _join(self, items, previous: dict):
+        previous = {} if self.previous is None else {"previous": self.previous}
         stamps = (items
                   | "GsFolder" >> beam.FlatMap(lambda item: [
                       folder for folder in [gs_folder(item["image_uri"])] if folder])

@@ -165,7 +165,7 @@ class BuildShard(beam.DoFn):
                  seed: int, target_recall: float, model_fingerprint: str, text_columns=(),
                  previous: Optional[dict] = None):
         self.version_dir, self.dimension = version_dir, dimension
-        # The previous published version, for changes/: {version_dir, metadata_files}.
+        # The previous published version, for changes/: {version_dir, shards}.
         self.previous = previous
         self.passthrough_columns = list(passthrough_columns)
         self.text_columns = [c for c in text_columns if c in self.passthrough_columns]
