@@ -51,6 +51,8 @@ from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import (
     FnApiRunner, execution, fn_runner, worker_handlers)
+from apache_beam.portability import common_urns
+from apache_beam.runners.portability.fn_api_runner import translations
 from apache_beam.runners.portability.fn_api_runner.translations import unique_name
 
 # Longer than any bundle lives: the timer thread never fires (about 24.8 days).
@@ -60,6 +62,9 @@ _M_ARENA_MAX, _ARENAS = -8, 2  # glibc's mallopt parameter, and the arenas we al
 _TRIM_EVERY_BYTES = 64 * 2**20
 # Grouped values are stored, and read by the workers, in pages of about this size.
 STATE_PAGE_BYTES = 4 * 2**20
+# A group whose values encode to less than this travels inline, with its key; only the rest
+# of a larger group goes through the state API.
+INLINE_GROUP_BYTES = 2**20
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,6 +174,18 @@ class PagedStateServicer(worker_handlers.StateServicer):
             return pages[page], (str(page + 1).encode() if page + 1 < len(pages) else None)
 
 
+_beam_with_state_iterables = translations.TransformContext.with_state_iterables
+
+
+def _with_state_iterables_inline_below(self, coder_id):
+    """Beam's TransformContext.with_state_iterables, with our inline threshold."""
+    coder_id = _beam_with_state_iterables(self, coder_id)
+    coder = self.components.coders[coder_id]
+    if coder.spec.urn == common_urns.coders.STATE_BACKED_ITERABLE.urn:
+        coder.spec.payload = str(INLINE_GROUP_BYTES).encode("ascii")
+    return coder_id
+
+
 class PagedWorkerHandlerManager(worker_handlers.WorkerHandlerManager):
     """Worker handlers whose state service pages grouped values (PagedStateServicer)."""
 
@@ -198,5 +215,6 @@ class LocalRunner(FnApiRunner):
         execution.GroupingBuffer = GroupByGroupBuffer
         fn_runner.execution.FnApiRunnerExecutionContext = PagedExecutionContext
         fn_runner.WorkerHandlerManager = PagedWorkerHandlerManager
+        translations.TransformContext.with_state_iterables = _with_state_iterables_inline_below
         return_freed_memory()
         return super().run_pipeline(pipeline, options)
