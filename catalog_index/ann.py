@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def build_annoy(vectors: np.ndarray, n_trees: int, seed: int):
 
     index = AnnoyIndex(vectors.shape[1], ANNOY_METRIC)
     index.set_seed(seed)
-    for annoy_id, vector in enumerate(vectors):
+    for annoy_id, vector in enumerate(vectors.tolist()):  # lists: Annoy reads them faster
         index.add_item(annoy_id, vector)
     index.build(n_trees, n_jobs=1)
     return index
@@ -77,9 +77,15 @@ class TunedShard:
 
 
 def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: float,
-               queries: int) -> TunedShard:
+               queries: int, hint: Optional[int] = None) -> TunedShard:
     """Build, then pick the smallest search_k whose recall@10 reaches the target; when even
-    the largest search_k falls short, double the trees (at most twice) and try again."""
+    the largest search_k falls short, double the trees (at most twice) and try again.
+
+    ``hint``: a search_k to try first (the previous version's for this shard). The result
+    is the same with or without it: a larger search_k makes Annoy collect a superset of the
+    candidates of a smaller one (the same walk, further), so recall never falls as search_k
+    grows, and the first multiplier that reaches the target is found going down from one
+    that does as well as going up from 1. A hint saves the measurements below it."""
     if len(vectors) < 2:  # nothing to search among: exact by definition
         return TunedShard(build_annoy(vectors, n_trees, seed), n_trees, n_trees * K, 1.0, 0)
     query_ids = query_sample(len(vectors), queries)
@@ -87,14 +93,27 @@ def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: floa
     for doubling in range(MAX_TREE_DOUBLINGS + 1):
         trees = n_trees * 2 ** doubling
         index = build_annoy(vectors, trees, seed)
-        for multiplier in SEARCH_K_MULTIPLIERS:
-            search_k = trees * K * multiplier
-            measured = recall(annoy_neighbours(index, query_ids, search_k), exact)
-            if measured >= target_recall:
-                return TunedShard(index, trees, search_k, measured, len(query_ids))
+        measured = {}
+
+        def reaches(multiplier):
+            if multiplier not in measured:
+                measured[multiplier] = recall(annoy_neighbours(
+                    index, query_ids, trees * K * multiplier), exact)
+            return measured[multiplier] >= target_recall
+
+        hinted = hint // (trees * K) if hint and doubling == 0 else None
+        first = SEARCH_K_MULTIPLIERS.index(hinted) if hinted in SEARCH_K_MULTIPLIERS else 0
+        while first > 0 and reaches(SEARCH_K_MULTIPLIERS[first]) and \
+                reaches(SEARCH_K_MULTIPLIERS[first - 1]):
+            first -= 1  # the one below reaches it too: go on down
+        for multiplier in SEARCH_K_MULTIPLIERS[first:]:
+            if reaches(multiplier):
+                return TunedShard(index, trees, trees * K * multiplier, measured[multiplier],
+                                  len(query_ids))
         if doubling < MAX_TREE_DOUBLINGS:
             index.unload()
-    return TunedShard(index, trees, search_k, measured, len(query_ids))
+    return TunedShard(index, trees, trees * K * multiplier, measured[multiplier],
+                      len(query_ids))
 
 
 def queries_per_shard(num_shards: int, total_queries: int = 1000) -> int:

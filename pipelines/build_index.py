@@ -260,8 +260,9 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
     items = captioned.items  # reused items come through every stage untouched
+    previous_files = previous and {key: previous[key] for key in ("version_dir", "shards")}
     caption_model = items | "LearnCaptions" >> LearnCaptions(
-        build["text_columns"], args.caption_method)
+        build["text_columns"], args.caption_method, previous=previous_files)
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
@@ -269,7 +270,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
         args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
-        previous=previous and {key: previous[key] for key in ("version_dir", "shards")}),
+        previous=previous_files),
         num_shards, caption_model)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
@@ -399,9 +400,13 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
     path = join(folder, MANIFEST_FILE)
     try:
         manifest = json.loads(storage.read_text(path))
-        shards = [{"metadata_file": check_version_file(shard["metadata_file"]),
-                   "embeddings_file": check_version_file(shard["embeddings_file"])}
+        shards = [{"shard": int(shard["shard"]),
+                   "metadata_file": check_version_file(shard["metadata_file"]),
+                   "embeddings_file": check_version_file(shard["embeddings_file"]),
+                   "search_k": shard.get("search_k")}
                   for shard in manifest["index"]["shards"]]
+        if [shard["shard"] for shard in shards] != list(range(len(shards))):
+            raise ValueError("shards out of order")
         return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
                 "model_fingerprint": manifest["model"]["fingerprint"],
                 "embedding_dim": manifest["model"]["embedding_dim"],

@@ -68,6 +68,31 @@ def test_tuning_reaches_the_target_at_the_lowest_search_k():
         assert ann.recall(ann.annoy_neighbours(tuned.index, query_ids, smaller), exact) < 0.95
 
 
+def test_a_search_k_hint_saves_measurements_and_changes_nothing(monkeypatch):
+    """An incremental build starts from the previous version's search_k: recall does not
+    fall as search_k grows, so going down from a hint finds what going up from 1 does."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3000, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    measured = []
+    count = ann.annoy_neighbours
+    monkeypatch.setattr(ann, "annoy_neighbours", lambda index, ids, search_k, k=ann.K: (
+        measured.append(search_k), count(index, ids, search_k, k))[1])
+    plain = ann.tune_shard(vectors, n_trees=8, seed=42, target_recall=0.95, queries=200)
+    steps = len(measured)
+    assert steps >= 3  # 1, 2, ... up to the answer
+    for multiplier in ann.SEARCH_K_MULTIPLIERS + (3, 1000):
+        measured.clear()
+        hinted = ann.tune_shard(vectors, n_trees=8, seed=42, target_recall=0.95, queries=200,
+                                hint=8 * ann.K * multiplier)
+        assert (hinted.search_k, hinted.n_trees, hinted.recall) == \
+            (plain.search_k, plain.n_trees, plain.recall), multiplier
+    measured.clear()
+    ann.tune_shard(vectors, n_trees=8, seed=42, target_recall=0.95, queries=200,
+                   hint=plain.search_k)
+    assert measured == [plain.search_k, plain.search_k // 2]
+
+
 def test_failing_gate_keeps_latest_and_exits_non_zero(tmp_path, photos, model_cache, capsys):
     good = write_files(str(tmp_path / "good"), {
         f"{name}.jpg": encode(photo) for name, photo in list(photos.items())[:10]})

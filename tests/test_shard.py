@@ -11,6 +11,7 @@ import pyarrow
 import pyarrow.parquet as pq
 import pytest
 
+from transforms.reuse import PREVIOUS_VECTOR
 from transforms.shard import BuildShard, shard_count, shard_record
 
 DIMENSION = 1280
@@ -61,9 +62,9 @@ class OnceOnly:
         return (value for value in self.values)
 
 
-def build(folder, items, shard=2, num_shards=4):
+def build(folder, items, shard=2, num_shards=4, previous=None):
     stage = BuildShard(str(folder), ["category", "title"], DIMENSION, n_trees=16, seed=42,
-                       target_recall=0.95, model_fingerprint="fp")
+                       target_recall=0.95, model_fingerprint="fp", previous=previous)
     return stage.build(shard, OnceOnly([shard_record(item) for item in items]), num_shards)
 
 
@@ -95,6 +96,29 @@ def test_a_shard_read_once_writes_the_files_of_before(tmp_path):
     for row in vectors[:5]:
         np.testing.assert_array_equal(np.asarray(row["vector"], np.float32),
                                       by_id[row["item_id"]]["embedding"])
+
+
+def test_vectors_left_in_the_previous_version_are_read_from_it(tmp_path):
+    """An item reused by an incremental build reaches the shard stage with the (shard, row)
+    of its vector in the previous version, not the vector: the shard's files are the bytes
+    the vectors themselves give."""
+    items = synthetic_items()
+    before = build(tmp_path / "before", items)
+    rows = {row["item_id"]: row["annoy_id"]
+            for row in pq.read_table(tmp_path / "before" / before["metadata_file"]).to_pylist()}
+    previous = {"version_dir": str(tmp_path / "before"), "shards": [
+        {"shard": n, "metadata_file": f"metadata/part-{n:05d}-of-00004.parquet",
+         "embeddings_file": f"embeddings/part-{n:05d}-of-00004.parquet", "search_k": None}
+        for n in range(4)]}
+    reused = [{**{key: value for key, value in item.items() if key != "embedding"},
+               PREVIOUS_VECTOR: (2, rows[item["item_id"]]), "reused": True}
+              if number % 3 else item for number, item in enumerate(items)]
+    assert sum(PREVIOUS_VECTOR in item for item in reused) == 200
+    after = build(tmp_path / "after", reused, previous=previous)
+    assert after["reused"] == 200 and after["items"] == 300
+    for name in ("index_file", "metadata_file", "embeddings_file"):
+        assert digest(tmp_path / "after" / after[name]) == \
+            digest(tmp_path / "before" / before[name]), name
 
 
 def test_an_empty_shard_writes_empty_files(tmp_path):

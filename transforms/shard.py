@@ -33,6 +33,7 @@ from catalog_index.storage import sha256_of_file
 from models import caption_transfer
 from transforms.changes import shard_changes, write_changes_parquet
 from transforms.errors import counter
+from transforms.reuse import PREVIOUS_VECTOR, previous_vectors
 from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
 # Items of a shard, with --num-shards auto. A worker holds one shard at a time while it
@@ -59,12 +60,14 @@ def shard_count(catalog_rows: int, max_items_per_shard: int) -> int:
 
 def shard_record(item: dict) -> tuple:
     """What a shard keeps of an item, compact for the shuffle: (item_id, its other metadata
-    fields as JSON, its vector as float32 bytes). A local runner holds every record of the
+    fields as JSON, its vector as float32 bytes, or for an item reused from the previous
+    version the (shard, row) of its vector there). A local runner holds every record of the
     catalog in memory at the shuffle: three objects an item cost a third of the memory the
     item's dict of Python objects did."""
     fields = {key: item.get(key) for key in METADATA_KEYS}
-    return (item["item_id"], json.dumps(fields, separators=(",", ":")).encode(),
-            np.asarray(item["embedding"], dtype=np.float32).tobytes())
+    vector = item[PREVIOUS_VECTOR] if PREVIOUS_VECTOR in item else \
+        np.asarray(item["embedding"], dtype=np.float32).tobytes()
+    return item["item_id"], json.dumps(fields, separators=(",", ":")).encode(), vector
 
 
 class GroupIntoShards(beam.PTransform):
@@ -84,7 +87,9 @@ class GroupIntoShards(beam.PTransform):
 
 
 class ShardSpill:
-    """Shard records appended to an Arrow IPC file in ``folder``, a batch at a time."""
+    """Shard records appended to an Arrow IPC file in ``folder``, a batch at a time. A
+    record whose vector is in the previous version gets a null vector in the file, and its
+    place there is remembered (``previous``: spill row -> (shard, row))."""
 
     def __init__(self, folder: str, passthrough_columns, dimension: int):
         self.passthrough_columns = list(passthrough_columns)
@@ -96,6 +101,7 @@ class ShardSpill:
         self._writer = pa.ipc.new_file(self.path, self.schema)
         self._rows = []
         self.count = 0
+        self.previous = {}
 
     def add(self, record: tuple) -> None:
         item_id, fields, vector = record
@@ -104,7 +110,10 @@ class ShardSpill:
         row = {name: passthrough.get(name) for name in self.passthrough_columns}
         row.update(fields, item_id=item_id)
         row["reused"] = bool(row.get("reused"))
-        row[VECTOR] = vector
+        if isinstance(vector, bytes):
+            row[VECTOR] = vector
+        else:
+            self.previous[self.count + len(self._rows)] = tuple(vector)
         self._rows.append(row)
         if len(self._rows) >= SPILL_ROWS:
             self._flush()
@@ -115,8 +124,9 @@ class ShardSpill:
             self.count += len(self._rows)
             self._rows = []
 
-    def sorted(self):
-        """-> (metadata table, vectors [rows, dimension] float32), both sorted by item_id.
+    def sorted(self, previous: Optional[dict] = None):
+        """-> (metadata table, vectors [rows, dimension] float32), both sorted by item_id;
+        vectors left in the previous version ({version_dir, shards}) are read from there.
 
         The spill is read through a memory map and closed again; what stays in memory is
         the shard's vectors, one copy in sorted order, and its metadata columns."""
@@ -138,6 +148,9 @@ class ShardSpill:
                     batch.column(VECTOR), batch.num_rows, self.dimension)
                 metadata.append(batch.drop_columns([VECTOR]))
                 start += batch.num_rows
+            if self.previous:
+                rows = np.fromiter(self.previous, dtype=np.int64, count=len(self.previous))
+                vectors[position[rows]] = previous_vectors(previous, self.previous.values())
             schema = self.schema.remove(self.schema.get_field_index(VECTOR))
             table = pa.Table.from_batches(metadata, schema=schema).take(order) \
                 if metadata else schema.empty_table()
@@ -182,7 +195,7 @@ class BuildShard(beam.DoFn):
             spill = ShardSpill(scratch, self.passthrough_columns, self.dimension)
             for record in records:
                 spill.add(record)
-            table, vectors = spill.sorted()
+            table, vectors = spill.sorted(self.previous)
             table = self.caption(table, vectors, caption_model)
             files = {"index_file": index_file(shard, num_shards),
                      "metadata_file": metadata_file(shard, num_shards),
@@ -198,7 +211,8 @@ class BuildShard(beam.DoFn):
                 self.previous, shard, num_shards, local["metadata_file"]),
                 local["changes_file"])
             tuned = ann.tune_shard(vectors, self.n_trees, self.seed, self.target_recall,
-                                   ann.queries_per_shard(num_shards))
+                                   ann.queries_per_shard(num_shards),
+                                   hint=self.previous_search_k(shard, num_shards))
             del vectors, table
             tuned.index.save(local["index_file"])
             tuned.index.unload()
@@ -216,6 +230,11 @@ class BuildShard(beam.DoFn):
         counter("indexed").inc(spill.count)
         return summary
 
+
+    def previous_search_k(self, shard: int, num_shards: int) -> Optional[int]:
+        """The search_k the previous version chose for this shard, as a first guess."""
+        shards = (self.previous or {}).get("shards") or []
+        return shards[shard].get("search_k") if len(shards) == num_shards else None
 
     def caption(self, table: pa.Table, vectors: np.ndarray, caption_model) -> pa.Table:
         """The shard's captions in the catalog's words (models.caption_transfer), where its
