@@ -7,7 +7,7 @@ from typing import Optional
 import apache_beam as beam
 
 from models.captioner import Captioner, LabelColorCaptioner, caption_fields
-from transforms.errors import ERRORS, counter, dead_letter
+from transforms.errors import ERRORS, counter, dead_letter, without
 from transforms.reuse import is_reused
 
 
@@ -20,9 +20,9 @@ class CaptionItem(beam.DoFn):
         if is_reused(item):  # captioned from the previous version's labels and colors
             yield item
             return
-        x0, y0, x1, y1 = item.pop("content_box")
-        pixels = item.pop("pixels")
-        probabilities = item.pop("probabilities")
+        x0, y0, x1, y1 = item["content_box"]
+        pixels, probabilities = item["pixels"], item["probabilities"]
+        item = without(item, "content_box", "pixels", "probabilities")
         try:
             caption = self.captioner.caption(probabilities, pixels[y0:y1, x0:x1])
         except Exception as error:

@@ -17,7 +17,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from models.loader import EmbeddingModel, load_model
-from transforms.errors import ERRORS, counter, dead_letter
+from transforms.errors import ERRORS, counter, dead_letter, without
 from transforms.reuse import is_reused
 
 
@@ -76,7 +76,7 @@ class _CheckEmbedding(beam.DoFn):
         if is_reused(item):
             yield item
             return
-        error = item.pop("embed_error", None)
+        error, item = item.get("embed_error"), without(item, "embed_error")
         if error is None and not np.all(np.isfinite(item["embedding"])):
             error = ValueError("model produced a non-finite embedding")
         if error is not None:

@@ -16,6 +16,13 @@ ERRORS = "errors"  # the tag of every stage's dead-letter output
 NAMESPACE = "catalog_index"
 
 
+def without(item: dict, *keys: str) -> dict:
+    """``item`` less ``keys``, as a new dict. A DoFn reads its input and never changes it:
+    runners that hand elements over in memory (Dask) may give the same dict to another
+    consumer, or to a retried task."""
+    return {key: value for key, value in item.items() if key not in keys}
+
+
 def error_row(item: dict, stage: str, error_type: str, message: str,
               retryable: bool = False) -> dict:
     return {"item_id": item.get("item_id"), "image_uri": item.get("image_uri"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from models.preprocessing import DEFAULT_MAX_PIXELS, ImageError, PreprocessingSpec, preprocess_image
-from transforms.errors import ERRORS, counter, dead_letter
+from transforms.errors import ERRORS, counter, dead_letter, without
 from transforms.reuse import is_reused
 
 
@@ -17,7 +17,7 @@ class DecodeImage(beam.DoFn):
         if is_reused(item):
             yield item
             return
-        data = item.pop("image_bytes")
+        data, item = item["image_bytes"], without(item, "image_bytes")
         try:
             image = preprocess_image(data, self.spec, self.max_pixels)
         except ImageError as error:

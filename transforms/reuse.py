@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from catalog_index import storage
 from catalog_index.schema import join
 from models.captioner import Caption, LabelColorCaptioner, caption_fields
-from transforms.errors import counter
+from transforms.errors import counter, without
 from transforms.keys import bucket
 
 REUSED = "reused"  # an item complete from the previous version: stages hand it on
@@ -217,10 +217,9 @@ class _SameBytes(beam.DoFn):
         self.captioner = captioner
 
     def process(self, item):
-        previous = item.pop("previous", None)
+        previous, item = item.get("previous"), without(item, "previous")
         if previous is not None and previous[0] == item["sha256"]:
-            item.pop("image_bytes")
-            yield reused_item(item, previous, self.captioner)
+            yield reused_item(without(item, "image_bytes"), previous, self.captioner)
         else:
             yield item
 
