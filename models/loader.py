@@ -240,6 +240,21 @@ def resolve_runtime(runtime: str) -> str:
     return runtime
 
 
+def runtime_for(spec: str, runtime: str = "auto") -> str:
+    """The runtime ``load_model(spec, runtime)`` runs the model on, on this machine."""
+    import tensorflow as tf
+
+    spec = spec or DEFAULT_MODEL
+    resolved = resolve_runtime(runtime)
+    if spec.startswith("hub:"):
+        return "savedmodel"
+    if spec.endswith(".keras"):
+        return "keras" if resolved == "savedmodel" else resolved
+    if spec != DEFAULT_MODEL and tf.io.gfile.isdir(spec):
+        return "savedmodel" if runtime == "auto" else resolved
+    return resolved
+
+
 def _convert_to_tflite(keras_model, tflite_path: str) -> None:
     import tensorflow as tf
 

@@ -4,25 +4,31 @@
     catalog-index build --catalog catalog.parquet --output gs://bucket/index --runner DataflowRunner ...
 
 Options not listed in ``--help`` are Beam pipeline options (``--runner``, ``--temp_location``,
-``--direct_running_mode``...). Locally the default is Beam's FnApiRunner with one worker
-thread per core. Exit status: 0 when the version was validated and published,
-1 when the build ran but was not published, 2 for a usage error.
+``--direct_running_mode``...), those of the named runner included (``--runner DaskRunner
+--dask_client_address ...``). Locally the default is Beam's FnApiRunner with one worker
+thread per core. On every runner the build waits for the job, and its exit status is the
+job's outcome: 0 when the version was validated and published, 1 when the build ran but was
+not published (failed, cancelled or stopped), 2 for a usage error. ``--no-wait`` submits
+and exits 0 instead (a Flex Template launcher must).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from catalog_index import storage
 from catalog_index.progress import ProgressReporter
@@ -30,7 +36,8 @@ from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION, In
                                   check_version_file, check_version_id, join, passthrough_name,
                                   version_dir)
 from models.captioner import LabelColorCaptioner
-from models.loader import DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model
+from models.loader import (DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model,
+                           runtime_for)
 from models.preprocessing import DEFAULT_MAX_PIXELS
 from pipelines.console import quiet_output
 from runners.local import LocalRunner
@@ -59,6 +66,8 @@ from transforms.write_metadata import WriteErrors
 # download the Prism runner from GitHub: naming it skips a network call at run time.
 # Runner names that mean Beam's FnApiRunner here (the DirectRunner falls back to it).
 FN_API_RUNNERS = (None, "DirectRunner", "FnApiRunner")
+# Runners Beam has no short name for, or whose gaps runners/ closes: --runner NAME -> class.
+PROJECT_RUNNERS = {"daskrunner": "runners.dask.DaskRunner"}
 LOCAL_DEFAULTS = {"runner": "FnApiRunner", "direct_running_mode": "multi_threading",
                   "direct_num_workers": str(os.cpu_count() or 1)}
 
@@ -203,10 +212,15 @@ def parse_args(argv: List[str]):
     add_build_arguments(parser)
     parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="S",
                         help="print a progress line on stderr every S seconds (default 10)")
+    parser.add_argument("--no-wait", "--no_wait", dest="no_wait", type=_boolean, nargs="?",
+                        const=True, default=False,
+                        help="submit the job and exit 0 without waiting for its outcome "
+                             "(a Flex Template launcher; see docs/operations.md)")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
                              "without it they go to a log file under the temp folder")
     args, beam_args = parser.parse_known_args(argv)
+    import_runner_options(beam_args)
     unknown = unknown_beam_args(beam_args)
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
@@ -214,6 +228,44 @@ def parse_args(argv: List[str]):
     defaults = [] if "runner" in given else [
         f"--{key}={value}" for key, value in LOCAL_DEFAULTS.items() if key not in given]
     return args, PipelineOptions(beam_args + defaults)
+
+
+def runner_name(beam_args: List[str]) -> Optional[str]:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runner", default=None)
+    return parser.parse_known_args(beam_args)[0].runner
+
+
+def runner_class_path(name: Optional[str]) -> Optional[str]:
+    """The class a ``--runner`` name means: ours (PROJECT_RUNNERS), one of Beam's short
+    names, or a dotted class path; None when Beam knows no such name."""
+    from apache_beam.runners.runner import _RUNNER_MAP
+
+    if not name:
+        return None
+    lowered = name.lower()
+    for table in (PROJECT_RUNNERS, _RUNNER_MAP):
+        path = table.get(lowered) or table.get(lowered + "runner")
+        if path:
+            return path
+    return name if "." in name else None
+
+
+def import_runner_options(beam_args: List[str]) -> None:
+    """Import the named runner's module, so that its options (DaskOptions...) are known
+    when unknown flags are checked."""
+    name = runner_name(beam_args)
+    path = runner_class_path(name)
+    if path is None:
+        if name:
+            raise UsageError(f"--runner {name}: no such runner (a Beam runner name, "
+                             "DaskRunner, or a module.Class path)")
+        return
+    try:
+        importlib.import_module(path.rsplit(".", 1)[0])
+    except ImportError as error:
+        extra = " (pip install '.[dask]')" if "dask" in path else ""
+        raise UsageError(f"--runner {name}: {error}{extra}") from None
 
 
 def unknown_beam_args(beam_args: List[str]) -> List[str]:
@@ -279,8 +331,13 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
 
     manifest_build = {key: value for key, value in build.items() if key != "model_info"}
     text_index = shard_summaries | "BuildTextIndex" >> BuildTextIndex(out_dir)
+    # --runtime auto is resolved by each worker on its own hardware; the manifest says what
+    # a worker chose, not what the launcher was asked.
+    runtime = (pipeline | "ModelAndRuntime" >> beam.Create([(args.model, args.runtime)])
+               | "AsWorkersResolveIt" >> beam.MapTuple(runtime_for))
     manifests = shard_summaries | "Validate" >> Validate(
-        manifest_build, num_shards, catalog["input_count"], errors, errors_written, text_index)
+        manifest_build, num_shards, catalog["input_count"], errors, errors_written, text_index,
+        runtime)
     reported = manifests | "Report" >> Report(args.output, out_dir)
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 
@@ -474,23 +531,54 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
     reuse = build["reuse"]
     if build["previous"] and not reuse["from_version"]:  # an incremental build says nothing
         print(f"catalog-index build: full build: {reuse['full_build_reason']}", file=console)
+    log = "" if args.verbose else f" (log: {log_path})"
+    result = None
     try:
-        with ProgressReporter(console, args.progress_seconds):
+        with ProgressReporter(console, args.progress_seconds), _stop_raises_interrupt():
             result = submit(args, pipeline_options, build)
-            if is_local(pipeline_options):
-                result.wait_until_finish()
+            if args.no_wait:
+                # The job publishes LATEST itself, and fails (alerting whoever watches the
+                # runner) when the quality gate does.
+                print(f"submitted version {build['version_id']} to "
+                      f"{pipeline_options.get_all_options()['runner']}; not waiting (--no-wait)")
+                return 0
+            state = result.wait_until_finish()
+    except KeyboardInterrupt:
+        _cancel(result)
+        print(f"catalog-index build: not published: stopped; the job was cancelled, and "
+              f"LATEST is unchanged (rebuild with --replace){log}", file=console)
+        return 1
     except Exception as error:  # the runner wraps the worker's exception in its own
         logging.getLogger(__name__).debug("build failed", exc_info=True)
-        log = "" if args.verbose else f" (log: {log_path})"
         print(f"catalog-index build: not published: {_root_cause(error)}{log}", file=console)
         return 1
-    if not is_local(pipeline_options):
-        # A Flex Template launcher must exit once the job is submitted; the job publishes
-        # LATEST itself, and fails (alerting the scheduler) when the quality gate does.
-        print(f"submitted version {build['version_id']} to "
-              f"{pipeline_options.get_all_options()['runner']}")
-        return 0
+    if state not in (None, PipelineState.DONE):
+        print(f"catalog-index build: not published: the job ended {state}{log}", file=console)
+        return 1
     return report_outcome(args.output, build)
+
+
+class _stop_raises_interrupt:
+    """SIGTERM (a scheduler stopping the task) ends the wait as Ctrl-C does, so that the
+    job is cancelled instead of left running without anyone waiting for it."""
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _cancel(result) -> None:
+    try:
+        if result is not None:
+            result.cancel()
+    except Exception:  # noqa: BLE001 (some runners cannot cancel; the message says stopped)
+        logging.getLogger(__name__).debug("cancel failed", exc_info=True)
 
 
 def is_local(pipeline_options: PipelineOptions) -> bool:
@@ -500,11 +588,21 @@ def is_local(pipeline_options: PipelineOptions) -> bool:
 
 def submit(args, pipeline_options: PipelineOptions, build: dict):
     """Construct the pipeline and hand it to the runner; returns the PipelineResult."""
-    runner = LocalRunner() if pipeline_options.get_all_options().get("runner") in \
-        FN_API_RUNNERS else None
-    pipeline = beam.Pipeline(runner=runner, options=pipeline_options)
+    pipeline = beam.Pipeline(runner=make_runner(pipeline_options), options=pipeline_options)
     build_pipeline(pipeline, args, build)
     return pipeline.run()
+
+
+def make_runner(pipeline_options: PipelineOptions):
+    """The runner for ``--runner``: ours where runners/ adapts one, else None (Beam's)."""
+    name = pipeline_options.get_all_options().get("runner")
+    if name in FN_API_RUNNERS:
+        return LocalRunner()
+    path = PROJECT_RUNNERS.get(name.lower()) if isinstance(name, str) else None
+    if path is None:
+        return None
+    module, cls = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)()
 
 
 class _HideReportedFailures(logging.Filter):

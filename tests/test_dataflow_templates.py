@@ -84,6 +84,22 @@ def test_dockerfile_pins_the_same_versions_as_setup_py():
     assert "pip install --no-cache-dir ." in dockerfile  # the rest comes from setup.py's pins
 
 
+def test_the_image_holds_every_package_and_launches_without_waiting(monkeypatch):
+    dockerfile = open(os.path.join(TEMPLATES, "Dockerfile")).read()
+    setup = open(os.path.join(HERE, "setup.py")).read()
+    listed = re.search(r"find_packages\(include=\[([^\]]*)\]", setup).group(1)
+    packages = {name.rstrip("*") for name in re.findall(r'"([a-z_]+\*?)"', listed)}
+    assert packages and all(f"COPY {name} {name}" in dockerfile for name in packages), packages
+    entry = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=\S*/(pipelines/\w+\.py)", dockerfile).group(1)
+    assert entry == "pipelines/flex_template.py"
+    from pipelines import flex_template
+
+    launched = []
+    monkeypatch.setattr(flex_template, "run", lambda argv: launched.append(argv) or 0)
+    assert flex_template.main(["--catalog=gs://b/c.csv", "--output=gs://b/index"]) == 0
+    assert launched == [["--catalog=gs://b/c.csv", "--output=gs://b/index", "--no-wait"]]
+
+
 def test_dataflow_job_with_gpu_workers_is_built_offline(gcs_bucket, photos, model_cache):
     from catalog_index import storage
     from tests.real_images import encode

@@ -27,7 +27,7 @@ class _ValidateVersion(beam.DoFn):
         self.build = build  # version_id, version_dir, model, index options, source, options
 
     def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written,
-                text_index):
+                text_index, runtime):
         build = self.build
         shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
@@ -65,7 +65,7 @@ class _ValidateVersion(beam.DoFn):
             "version_id": build["version_id"],
             "created_at": finished.isoformat(timespec="seconds"),
             "source": build["source"],
-            "model": build["model"],
+            "model": {**build["model"], "runtime": runtime},  # what the workers ran
             "index": {"library": "annoy", "library_version": package_metadata.version("annoy"),
                       "metric": ANNOY_METRIC, "seed": build["index"]["seed"],
                       "num_shards": num_shards,
@@ -145,8 +145,9 @@ class Validate(beam.PTransform):
     """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
 
     def __init__(self, build: dict, num_shards, input_count, errors, errors_written,
-                 text_index):
+                 text_index, runtime):
         super().__init__()
+        self.runtime = runtime  # one element: the model runtime a worker resolved
         self.build = build
         self.num_shards, self.input_count = num_shards, input_count
         self.errors, self.errors_written = errors, errors_written
@@ -163,4 +164,5 @@ class Validate(beam.PTransform):
                     beam.pvalue.AsSingleton(self.input_count),
                     beam.pvalue.AsSingleton(errors_by_stage),
                     beam.pvalue.AsList(self.errors_written),
-                    beam.pvalue.AsSingleton(self.text_index)))
+                    beam.pvalue.AsSingleton(self.text_index),
+                    beam.pvalue.AsSingleton(self.runtime)))
