@@ -24,8 +24,10 @@ def build_annoy(vectors: np.ndarray, n_trees: int, seed: int):
 
     index = AnnoyIndex(vectors.shape[1], ANNOY_METRIC)
     index.set_seed(seed)
-    for annoy_id, vector in enumerate(vectors.tolist()):  # lists: Annoy reads them faster
-        index.add_item(annoy_id, vector)
+    for annoy_id, vector in enumerate(vectors):
+        # A row as a list: Annoy reads a list faster than a NumPy row, element by element.
+        # (The whole matrix as lists would hold 10,000 x 1,280 Python floats: 400 MB.)
+        index.add_item(annoy_id, vector.tolist())
     index.build(n_trees, n_jobs=1)
     return index
 
