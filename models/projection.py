@@ -1,0 +1,165 @@
+"""Vectors that fit the catalog: a linear projection learned from the build's own
+embeddings, applied to every vector before it goes into the Annoy index, and to every query.
+
+- **PCA** to ``dims`` dimensions: the directions of largest variance of a sample of the
+  catalog's embeddings. Unsupervised; every catalog gets it.
+- **LDA** from a label column (a category), when the sample has at least two labels: the
+  ``labels - 1`` directions that best separate the labels relative to the spread within
+  each (Fisher's criterion, with the within-label scatter regularized by ``LDA_SHRINK``).
+- A projected vector is the PCA part, unit length, followed by the LDA part, unit length
+  (each part weighted by ``sqrt(weight)``): its cosine with another is the weighted mean of
+  the two parts' cosines.
+
+The fit is deterministic: the sample is a set of items chosen by a hash of their item_id,
+sorted by item_id before any arithmetic, and sums are taken in float64 in that order; the
+sign of each component is fixed (its largest coordinate positive). Beam-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Optional, Sequence
+
+import numpy as np
+
+LDA_SHRINK = 0.1  # within-label scatter + LDA_SHRINK * its mean eigenvalue * identity
+LDA_WEIGHT = 0.5  # share of the cosine that the LDA part carries, when there is one
+FILE_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """x -> [sqrt(1 - w) * unit((x - mean) @ pca), sqrt(w) * unit((x - mean) @ lda)]."""
+
+    mean: np.ndarray  # [input_dim] float32
+    pca: np.ndarray  # [input_dim, pca_dims] float32
+    lda: np.ndarray  # [input_dim, lda_dims] float32 (lda_dims may be 0)
+    explained_variance: float  # share of the sample's variance the PCA part keeps
+    sample_size: int
+    label_column: Optional[str] = None
+    lda_weight: float = 0.0
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def dims(self) -> int:
+        return int(self.pca.shape[1] + self.lda.shape[1])
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """[n, input_dim] -> [n, dims] float32, each row of unit length."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            return self.apply(vectors[None])[0]
+        # In float64, rounded once at the end: a batch and a single query then agree to
+        # the float32 value in all but the rarest ties (BLAS sums a matrix and a vector in
+        # different orders).
+        centered = vectors.astype(np.float64) - self.mean.astype(np.float64)
+        parts = [_unit(centered @ self.pca.astype(np.float64)) * np.sqrt(1.0 - self.lda_weight)]
+        if self.lda.shape[1]:
+            parts.append(_unit(centered @ self.lda.astype(np.float64)) * np.sqrt(self.lda_weight))
+        return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        """The projection as an ``.npz`` file's bytes (the same projection: the same bytes)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, format=np.array(FILE_FORMAT), mean=self.mean, pca=self.pca,
+                 lda=self.lda, explained_variance=np.array(self.explained_variance),
+                 sample_size=np.array(self.sample_size),
+                 label_column=np.array(self.label_column or ""),
+                 lda_weight=np.array(self.lda_weight))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Projection":
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            if int(stored["format"]) != FILE_FORMAT:
+                raise ValueError(f"projection file format {int(stored['format'])}, this "
+                                 f"reader understands {FILE_FORMAT}")
+            return cls(mean=stored["mean"].astype(np.float32),
+                       pca=stored["pca"].astype(np.float32),
+                       lda=stored["lda"].astype(np.float32),
+                       explained_variance=float(stored["explained_variance"]),
+                       sample_size=int(stored["sample_size"]),
+                       label_column=str(stored["label_column"]) or None,
+                       lda_weight=float(stored["lda_weight"]))
+
+    def summary(self) -> dict:
+        """What the manifest says of it."""
+        return {"input_dim": self.input_dim, "dims": self.dims,
+                "pca_dims": int(self.pca.shape[1]), "lda_dims": int(self.lda.shape[1]),
+                "label_column": self.label_column, "lda_weight": self.lda_weight,
+                "sample_size": self.sample_size,
+                "explained_variance": round(self.explained_variance, 6)}
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def _fixed_signs(components: np.ndarray) -> np.ndarray:
+    """Each column with its largest-magnitude coordinate positive: eigenvectors have no
+    sign of their own, and the same fit must give the same bytes."""
+    rows = np.abs(components).argmax(axis=0)
+    signs = np.sign(components[rows, np.arange(components.shape[1])])
+    return components * np.where(signs == 0, 1.0, signs)
+
+
+def _top_eigenvectors(matrix: np.ndarray, count: int):
+    values, vectors = np.linalg.eigh(matrix)
+    order = np.argsort(values)[::-1][:count]
+    return values[order], _fixed_signs(vectors[:, order])
+
+
+def fit(vectors: np.ndarray, dims: int, labels: Optional[Sequence[Optional[str]]] = None,
+        label_column: Optional[str] = None, lda_weight: float = LDA_WEIGHT) -> Projection:
+    """Fit on ``vectors`` [n, input_dim] (a sample sorted by item_id) and, where given, their
+    ``labels`` (None for an item without one)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"a projection needs at least 2 sample vectors, got {len(x)}")
+    dims = min(dims, x.shape[1], len(x) - 1)
+    mean = x.mean(axis=0)
+    centered = x - mean
+    covariance = centered.T @ centered / len(x)
+    values, pca = _top_eigenvectors(covariance, dims)
+    total = float(np.trace(covariance))
+    explained = float(values.sum() / total) if total > 0 else 1.0
+    lda = np.zeros((x.shape[1], 0))
+    if labels is not None:
+        lda = _fit_lda(centered, labels)
+    weight = lda_weight if lda.shape[1] else 0.0
+    return Projection(mean=mean.astype(np.float32), pca=pca.astype(np.float32),
+                      lda=lda.astype(np.float32), explained_variance=explained,
+                      sample_size=len(x), label_column=label_column if weight else None,
+                      lda_weight=weight)
+
+
+def _fit_lda(centered: np.ndarray, labels: Sequence[Optional[str]]) -> np.ndarray:
+    """Fisher LDA on the labelled rows of ``centered``: [input_dim, classes - 1]."""
+    labels = list(labels)
+    names = sorted({label for label in labels if label})
+    if len(names) < 2:
+        return np.zeros((centered.shape[1], 0))
+    dim = centered.shape[1]
+    within = np.zeros((dim, dim))
+    between = np.zeros((dim, dim))
+    labelled = [i for i, label in enumerate(labels) if label]
+    overall = centered[labelled].mean(axis=0)
+    for name in names:
+        rows = centered[[i for i in labelled if labels[i] == name]]
+        class_mean = rows.mean(axis=0)
+        spread = rows - class_mean
+        within += spread.T @ spread
+        offset = (class_mean - overall)[:, None]
+        between += len(rows) * (offset @ offset.T)
+    within /= len(labelled)
+    between /= len(labelled)
+    values, vectors = np.linalg.eigh(within)
+    shrink = LDA_SHRINK * max(float(values.mean()), 1e-12)
+    whiten = vectors / np.sqrt(np.maximum(values, 0.0) + shrink)  # within^(-1/2), regularized
+    _, directions = _top_eigenvectors(whiten.T @ between @ whiten, len(names) - 1)
+    return _fixed_signs(whiten @ directions)
