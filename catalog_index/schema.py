@@ -27,10 +27,13 @@ import pyarrow as pa
 
 # 2: metadata columns caption_source and caption_confidence (captions in the catalog's words).
 # 3: embeddings column source_stamp; changes/ (what changed since the previous version).
-SCHEMA_VERSION = 3
+# 4: the Annoy files may hold projected vectors: manifest index.dimension, and projection
+#    (the file that maps a model vector to the index's space; models/projection.py).
+SCHEMA_VERSION = 4
 ANNOY_METRIC = "angular"
 
 MANIFEST_FILE = "manifest.json"
+PROJECTION_FILE = "projection/projection.npz"
 REPORT_FILE = "report.json"
 LATEST_FILE = "LATEST"
 VERSIONS_DIR = "versions"

@@ -48,6 +48,7 @@ from transforms.embed import Embed, EmbeddingModelHandler
 from transforms.errors import ERRORS
 from transforms.fetch import FetchImages
 from transforms.preprocess import DecodeAndPreprocess
+from transforms.projection import LearnProjection, write_projection
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
@@ -119,6 +120,16 @@ def _boolean(text: str) -> bool:
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
         raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
     return lowered in ("true", "1", "yes")
+
+
+def _dimensions(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 (no projection) or more")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -199,6 +210,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="catalog columns that say what a product is, for captions in the catalog's "
                 "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
                 + ", those the catalog has)")
+    option("dims", type=_dimensions, default=0, metavar="N",
+           help="project the vectors in the Annoy index to N dimensions, learned from the "
+                "catalog (PCA, plus LDA from --label-column); 0 (default) keeps the "
+                "model's own width")
+    option("label-column", default=None, metavar="NAME",
+           help="with --dims, a catalog column of categories that the projection learns "
+                "to separate (default: category, when the catalog has it; '' for none)")
     option("caption-method", choices=CAPTION_METHODS, default="head",
            help="how untitled items get captions in the catalog's words: head (default: a "
                 "linear head fitted on a sample of the items with text), neighbours (votes "
@@ -316,6 +334,10 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method, previous=previous_files)
 
+    projection = items | "LearnProjection" >> LearnProjection(
+        args.dims, build["label_column"], previous=previous_files)
+    projection_entry = projection | "WriteProjection" >> beam.Map(write_projection, out_dir)
+
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
     shards = items | "GroupIntoShards" >> GroupIntoShards(num_shards)
@@ -323,7 +345,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
         args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
         previous=previous_files),
-        num_shards, caption_model)
+        num_shards, caption_model, projection)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
                captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
@@ -337,7 +359,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                | "AsWorkersResolveIt" >> beam.MapTuple(runtime_for))
     manifests = shard_summaries | "Validate" >> Validate(
         manifest_build, num_shards, catalog["input_count"], errors, errors_written, text_index,
-        runtime)
+        runtime, projection_entry)
     reported = manifests | "Report" >> Report(args.output, out_dir)
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 
@@ -400,6 +422,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
             "passthrough_columns": passthrough, "text_columns": text_columns,
+            "label_column": choose_label_column(args.label_column, passthrough),
             "latest_token": latest_token,
             "previous": previous,
             "reuse": {"settings": settings,
@@ -408,6 +431,23 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
                      "max_count_drop": args.max_count_drop,
                      "allow_model_change": args.allow_model_change}}
+
+
+DEFAULT_LABEL_COLUMN = "category"
+
+
+def choose_label_column(requested: Optional[str], passthrough) -> Optional[str]:
+    """The catalog column whose categories the projection separates: the one named (it
+    must exist; '' for none), or ``category`` when the catalog has it."""
+    if requested is None:
+        name = passthrough_name(DEFAULT_LABEL_COLUMN)
+        return name if name in passthrough else None
+    if not requested:
+        return None
+    if passthrough_name(requested) not in passthrough:
+        raise UsageError(f"--label-column: the catalog has no column {requested} "
+                         f"(it has {', '.join(passthrough) or 'only item_id and image_uri'})")
+    return passthrough_name(requested)
 
 
 def choose_text_columns(requested, passthrough) -> List[str]:

@@ -85,7 +85,7 @@ class Shard:
 
 # Schema 3 adds what this reader does not need to search (embeddings' source_stamp) and
 # changes/, which :meth:`PublishedIndex.changes` reads where it exists.
-READABLE_SCHEMA_VERSIONS = (2, SCHEMA_VERSION)
+READABLE_SCHEMA_VERSIONS = (2, 3, SCHEMA_VERSION)
 
 
 class PublishedIndex:
@@ -97,7 +97,18 @@ class PublishedIndex:
         self._text_index = None
         self._lock = threading.Lock()
         self.version_id = manifest["version_id"]
-        self.dimension = manifest["model"]["embedding_dim"]
+        # The Annoy files' width: a projection's (schema 4), else the model's.
+        self.dimension = manifest["index"].get("dimension") or manifest["model"]["embedding_dim"]
+        self.projection = None
+        if manifest.get("projection"):
+            from models.projection import Projection
+
+            with open(os.path.join(local_dir, manifest["projection"]["file"]), "rb") as stream:
+                self.projection = Projection.from_bytes(stream.read())
+            if self.projection.dims != self.dimension:
+                raise IndexIntegrityError(f"{manifest['projection']['file']}: "
+                                          f"{self.projection.dims} dimensions, the index has "
+                                          f"{self.dimension}")
         self.shards: List[Shard] = []
         for shard in manifest["index"]["shards"]:
             annoy = AnnoyIndex(self.dimension, manifest["index"]["metric"])
@@ -233,12 +244,15 @@ class PublishedIndex:
         return self.query_vector(self.embed_image(image), k)
 
     def embed_image(self, image: bytes) -> np.ndarray:
+        """An image file's vector in the index's space: embedded exactly as the build did,
+        and projected as the build projected the catalog's."""
         from models.preprocessing import PreprocessingSpec, preprocess_image
 
         model = self.model()
         spec = PreprocessingSpec.from_dict(self.manifest["model"]["preprocessing"])
         pixels = preprocess_image(image, spec).pixels
-        return model.predict(pixels[None]).embeddings[0]
+        vector = model.predict(pixels[None]).embeddings[0]
+        return vector if self.projection is None else self.projection.apply(vector)
 
     def query(self, image: Optional[bytes] = None, text: Optional[str] = None, k: int = 10,
               text_weight: float = DEFAULT_TEXT_WEIGHT, vector: Optional[np.ndarray] = None,
@@ -351,6 +365,8 @@ def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
     rebuilt with --replace) is downloaded again, once."""
     files = [(entry["file"], entry["sha256"])
              for entry in (manifest.get("text_index") or {}).get("files", [])]
+    if manifest.get("projection"):
+        files.append((manifest["projection"]["file"], manifest["projection"]["sha256"]))
     for shard in manifest["index"]["shards"]:
         files += [(shard["index_file"], shard["sha256"]),
                   (shard["metadata_file"], shard.get("metadata_sha256"))]

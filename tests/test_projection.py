@@ -3,7 +3,10 @@ byte, applied the same way to catalog vectors and to queries."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import os
 
 import numpy as np
 import pytest
@@ -91,3 +94,81 @@ def test_an_unknown_file_format_is_refused():
     np.savez(buffer, **stored)
     with pytest.raises(ValueError, match="format 99"):
         projection.Projection.from_bytes(buffer.getvalue())
+
+
+# ----------------------------------------------------------------- in the build and reader
+
+@pytest.fixture(scope="module")
+def projected_builds(tmp_path_factory, photos, model_cache):
+    """Two builds of the same photos with --dims 8, and one without."""
+    from pipelines.build_index import run
+    from tests.real_images import encode, write_files
+
+    root = tmp_path_factory.mktemp("projected")
+    write_files(str(root / "images"), {f"{name}.jpg": encode(photo)
+                                       for name, photo in photos.items()})
+    output = str(root / "index")
+    common = ["--catalog", str(root / "images" / "*.jpg"), "--output", output,
+              "--num-shards", "2"]
+    codes = [run(common + ["--dims", "8", "--version-id", version]) for version in ("a", "b")]
+    codes.append(run(common + ["--version-id", "raw", "--full"]))
+    return root, output, codes
+
+
+def _version_file(output, version, relative):
+    from catalog_index.schema import version_dir
+
+    return os.path.join(version_dir(output, version), relative)
+
+
+def test_a_projected_build_indexes_narrow_vectors_and_queries_project_alike(projected_builds):
+    from catalog_index.schema import PROJECTION_FILE
+    from search.index import PublishedIndex
+
+    root, output, codes = projected_builds
+    assert codes == [0, 0, 0]
+    index = PublishedIndex.open(output, version="a")
+    entry = index.manifest["projection"]
+    assert entry["file"] == PROJECTION_FILE and entry["dims"] == 8 == index.dimension
+    assert entry["sample_size"] == len(index) and entry["label_column"] is None
+    assert 0 < entry["explained_variance"] < 1
+    with open(_version_file(output, "a", PROJECTION_FILE), "rb") as stream:
+        assert hashlib.sha256(stream.read()).hexdigest() == entry["sha256"]
+    some = next(index.item_ids())
+    assert index.vector(some).shape == (8,)
+    # a photo finds itself first: the query went through the same projection
+    for name in ("coffee", "chelsea", "rocket"):
+        image = open(os.path.join(root, "images", f"{name}.jpg"), "rb").read()
+        hits = index.query_image(image, k=3)
+        assert hits[0].item_id == name and hits[0].score > 0.999
+    raw = PublishedIndex.open(output, version="raw")
+    assert raw.manifest["projection"] is None and raw.dimension == 1280
+
+
+def test_projected_rebuilds_are_byte_identical(projected_builds):
+    from catalog_index.schema import PROJECTION_FILE
+
+    _, output, _ = projected_builds
+    for relative in (PROJECTION_FILE, "index/shard-00000-of-00002.ann",
+                     "index/shard-00001-of-00002.ann"):
+        first = open(_version_file(output, "a", relative), "rb").read()
+        assert open(_version_file(output, "b", relative), "rb").read() == first, relative
+
+
+def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_builds,
+                                                                     tmp_path):
+    import shutil
+
+    from catalog_index.schema import PROJECTION_FILE
+    from search.index import IndexIntegrityError, PublishedIndex
+
+    _, output, _ = projected_builds
+    copy = str(tmp_path / "index")
+    shutil.copytree(output, copy)
+    fitted = projection.Projection.from_bytes(
+        open(_version_file(copy, "a", PROJECTION_FILE), "rb").read())
+    other = dataclasses.replace(fitted, mean=fitted.mean + np.float32(0.01))
+    with open(_version_file(copy, "a", PROJECTION_FILE), "wb") as stream:
+        stream.write(other.to_bytes())
+    with pytest.raises(IndexIntegrityError, match="projection.npz: sha256 differs"):
+        PublishedIndex.open(copy, version="a")

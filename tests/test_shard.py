@@ -21,14 +21,15 @@ DIMENSION = 1280
 # Parquet files changed once since, by design, with schema 2: the metadata file gained
 # caption_source and caption_confidence, and both files' schemas say schema_version 2. The
 # .ann file did not change.
-# The Parquet files as of schema 3: their Arrow metadata names the schema version, and the
-# embeddings gained source_stamp (schema 2's were 45017235... and b4317cfe...).
+# The Parquet files as of schema 4: their Arrow metadata names the schema version (schema
+# 3's were d671f7b1... and b5190978...; schema 2's embeddings 45017235..., before
+# source_stamp).
 BEFORE = {"index/shard-00002-of-00004.ann":
           "5d3bf439435f447d87326532e67ed8eca834a86c1e496591b541177488caa326",
           "metadata/part-00002-of-00004.parquet":
-          "d671f7b110125be0319eaf799fec09e2e28b45460fcc8289d7932f0927ceba95",
+          "7c9c5d2847238fc6234175150864203b270957177e5dd762d40875114425138b",
           "embeddings/part-00002-of-00004.parquet":
-          "b5190978721420330545e951cb965ad8b3112b92aa66375f69b3dbb9fb51eb2d"}
+          "98b0a1860bccef5b89d4fb5f2936622751633e17b315389c11ab9a60877a612a"}
 
 
 def synthetic_items(count=300, dimension=DIMENSION, seed=7):

@@ -185,12 +185,15 @@ class BuildShard(beam.DoFn):
         self.n_trees, self.seed, self.target_recall = n_trees, seed, target_recall
         self.model_fingerprint = model_fingerprint
 
-    def process(self, shard_records, num_shards: int, caption_model=None):
+    def process(self, shard_records, num_shards: int, caption_model=None, projection=None):
         shard, records = shard_records
         with _ONE_SHARD_AT_A_TIME:
-            yield self.build(shard, records, num_shards, caption_model)
+            yield self.build(shard, records, num_shards, caption_model, projection)
 
-    def build(self, shard: int, records, num_shards: int, caption_model=None) -> dict:
+    def build(self, shard: int, records, num_shards: int, caption_model=None,
+              projection=None) -> dict:
+        """``projection`` (models/projection.py): the Annoy index holds each vector projected;
+        the embeddings file keeps the model's own, so that a later build can fit again."""
         with tempfile.TemporaryDirectory() as scratch:
             spill = ShardSpill(scratch, self.passthrough_columns, self.dimension)
             for record in records:
@@ -210,10 +213,12 @@ class BuildShard(beam.DoFn):
             changes = write_changes_parquet(shard_changes(
                 self.previous, shard, num_shards, local["metadata_file"]),
                 local["changes_file"])
-            tuned = ann.tune_shard(vectors, self.n_trees, self.seed, self.target_recall,
+            indexed = vectors if projection is None else projection.apply(vectors)
+            tuned = ann.tune_shard(indexed, self.n_trees, self.seed, self.target_recall,
                                    ann.queries_per_shard(num_shards),
                                    hint=self.previous_search_k(shard, num_shards))
-            del vectors, table
+            dimension = indexed.shape[1]
+            del vectors, table, indexed
             tuned.index.save(local["index_file"])
             tuned.index.unload()
             summary = {"shard": shard, **files, "items": spill.count, "reused": reused,
@@ -222,6 +227,7 @@ class BuildShard(beam.DoFn):
                        "sha256": sha256_of_file(local["index_file"]),
                        "metadata_sha256": sha256_of_file(local["metadata_file"]),
                        "changes_sha256": sha256_of_file(local["changes_file"]),
+                       "dimension": dimension,
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
                        "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
             with ThreadPoolExecutor(len(files)) as pool:  # side by side: one slow upload
@@ -258,8 +264,9 @@ class _CompleteShard(beam.DoFn):
     def __init__(self, build_shard: BuildShard):
         self.build_shard = build_shard
 
-    def process(self, shard: int, built: dict, num_shards: int):
-        yield built[shard] if shard in built else self.build_shard.build(shard, [], num_shards)
+    def process(self, shard: int, built: dict, num_shards: int, projection=None):
+        yield built[shard] if shard in built else self.build_shard.build(
+            shard, [], num_shards, projection=projection)
 
 
 class BuildShards(beam.PTransform):
@@ -267,19 +274,24 @@ class BuildShards(beam.PTransform):
     included, so a version always has ``num_shards`` of each file (``num_shards``: a
     one-element PCollection; ``caption_model``: one from transforms.caption_transfer)."""
 
-    def __init__(self, build_shard: BuildShard, num_shards, caption_model=None):
+    def __init__(self, build_shard: BuildShard, num_shards, caption_model=None,
+                 projection=None):
         super().__init__()
         self.build_shard, self.num_shards = build_shard, num_shards
-        self.caption_model = caption_model
+        self.caption_model, self.projection = caption_model, projection
 
     def expand(self, groups):
         num_shards = beam.pvalue.AsSingleton(self.num_shards)
         caption_model = [] if self.caption_model is None else [
             beam.pvalue.AsSingleton(self.caption_model)]
+        projection = {} if self.projection is None else {
+            "projection": beam.pvalue.AsSingleton(self.projection)}
         built = (groups
-                 | "BuildShard" >> beam.ParDo(self.build_shard, num_shards, *caption_model)
+                 | "BuildShard" >> beam.ParDo(self.build_shard, num_shards, *caption_model,
+                                              **projection)
                  | "ByShard" >> beam.Map(lambda summary: (summary["shard"], summary)))
         return (self.num_shards
                 | "EveryShard" >> beam.FlatMap(lambda count: list(range(count)))
                 | "CompleteShard" >> beam.ParDo(_CompleteShard(self.build_shard),
-                                                beam.pvalue.AsDict(built), num_shards))
+                                                beam.pvalue.AsDict(built), num_shards,
+                                                **projection))

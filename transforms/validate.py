@@ -27,7 +27,7 @@ class _ValidateVersion(beam.DoFn):
         self.build = build  # version_id, version_dir, model, index options, source, options
 
     def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written,
-                text_index, runtime):
+                text_index, runtime, projection):
         build = self.build
         shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
@@ -69,12 +69,16 @@ class _ValidateVersion(beam.DoFn):
             "index": {"library": "annoy", "library_version": package_metadata.version("annoy"),
                       "metric": ANNOY_METRIC, "seed": build["index"]["seed"],
                       "num_shards": num_shards,
+                      # the Annoy files' width: the projection's, or the model's
+                      "dimension": projection["dims"] if projection else
+                      build["model"]["embedding_dim"],
                       "n_trees": max((entry["n_trees"] for entry in shard_entries), default=0),
                       "search_k": max((entry["search_k"] for entry in shard_entries), default=0),
                       "recall_target": build["gate"]["min_recall"],
                       "shards": [{key: entry[key] for key in SHARD_KEYS}
                                  for entry in shard_entries]},
             "text_index": text_index,
+            "projection": projection,
             "reuse": build["reuse"],
             "counts": counts,
             "quality": quality,
@@ -145,8 +149,9 @@ class Validate(beam.PTransform):
     """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
 
     def __init__(self, build: dict, num_shards, input_count, errors, errors_written,
-                 text_index, runtime):
+                 text_index, runtime, projection):
         super().__init__()
+        self.projection = projection  # one element: its manifest entry, or None
         self.runtime = runtime  # one element: the model runtime a worker resolved
         self.build = build
         self.num_shards, self.input_count = num_shards, input_count
@@ -165,4 +170,5 @@ class Validate(beam.PTransform):
                     beam.pvalue.AsSingleton(errors_by_stage),
                     beam.pvalue.AsList(self.errors_written),
                     beam.pvalue.AsSingleton(self.text_index),
-                    beam.pvalue.AsSingleton(self.runtime)))
+                    beam.pvalue.AsSingleton(self.runtime),
+                    beam.pvalue.AsSingleton(self.projection)))
