@@ -69,6 +69,8 @@ from transforms.write_metadata import WriteErrors
 FN_API_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 # Runners Beam has no short name for, or whose gaps runners/ closes: --runner NAME -> class.
 PROJECT_RUNNERS = {"daskrunner": "runners.dask.DaskRunner"}
+# Runners whose job lives only as long as the client that submitted it (Dask's futures).
+JOBS_END_WITH_CLIENT = {"runners.dask.DaskRunner"}
 LOCAL_DEFAULTS = {"runner": "FnApiRunner", "direct_running_mode": "multi_threading",
                   "direct_num_workers": str(os.cpu_count() or 1)}
 
@@ -239,6 +241,9 @@ def parse_args(argv: List[str]):
                              "without it they go to a log file under the temp folder")
     args, beam_args = parser.parse_known_args(argv)
     import_runner_options(beam_args)
+    if args.no_wait and runner_class_path(runner_name(beam_args)) in JOBS_END_WITH_CLIENT:
+        raise UsageError(f"--no-wait: a job on {runner_name(beam_args)} is cancelled when "
+                         "the client that submitted it exits; leave --no-wait off")
     unknown = unknown_beam_args(beam_args)
     if unknown:
         raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")

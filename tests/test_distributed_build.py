@@ -19,8 +19,8 @@ from tests.real_images import decode_edge_cases, encode, write_files
 pytest.importorskip("distributed")
 
 TOLERATE_FAILURES = ["--max-failure-rate", "1"]
-# Fields of a manifest that say when and how long, or where the job ran.
-RUN_FIELDS = ("created_at", "timings", "pipeline_options")
+# Fields of a manifest that say when and how long.
+RUN_FIELDS = ("created_at", "timings")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,9 @@ def test_a_build_on_dask_publishes_the_local_builds_files(catalog, dask_cluster,
     assert on_dask["counts"] == here["counts"]
     assert on_dask["counts"]["input"] == rows and on_dask["counts"]["failed"] >= 5
     assert on_dask["model"]["runtime"] == "tflite"  # what the workers ran, as here
+    # the two builds went to two output roots: the one option that differs
+    assert (on_dask["pipeline_options"].pop("output"), here["pipeline_options"].pop("output")) \
+        == (dask, local)
     assert {key: value for key, value in on_dask.items() if key not in RUN_FIELDS} == \
         {key: value for key, value in here.items() if key not in RUN_FIELDS}
 
@@ -94,3 +97,20 @@ def test_a_failed_quality_gate_on_dask_exits_1_and_publishes_nothing(
     line = next(line for line in err.splitlines() if "not published" in line)
     assert "QualityGateFailed" in line and "of the input failed" in line
     assert not os.path.exists(os.path.join(output, "LATEST"))
+
+
+def test_no_wait_is_refused_on_dask_where_the_job_dies_with_its_client(tmp_path, capsys):
+    code = run(["--catalog", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"),
+                "--runner", "DaskRunner", "--dask_client_address=tcp://127.0.0.1:1",
+                "--no-wait"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--no-wait: a job on DaskRunner is cancelled when the client" in err[0]
+
+
+def test_an_unknown_runner_and_its_flags_are_one_line_errors(tmp_path, capsys):
+    common = ["--catalog", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out")]
+    assert run(common + ["--runner", "NoSuchRunner"]) == 2
+    assert "--runner NoSuchRunner: no such runner" in capsys.readouterr().err
+    assert run(common + ["--runner", "DaskRunner", "--dask_no_such_flag=1"]) == 2
+    assert "unrecognized arguments: --dask_no_such_flag=1" in capsys.readouterr().err
