@@ -99,6 +99,25 @@ def test_a_failed_quality_gate_on_dask_exits_1_and_publishes_nothing(
     assert not os.path.exists(os.path.join(output, "LATEST"))
 
 
+@pytest.mark.parametrize("where", ["local", "dask"])
+def test_a_crash_on_the_workers_exits_1_in_one_line_and_publishes_nothing(
+        where, catalog, dask_cluster, tmp_path, model_cache, capsys):
+    """Not an item's failure: the version folder cannot be written (a file stands where
+    the versions folder goes), which only the workers find out."""
+    catalog_path, _ = catalog
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "versions").write_text("not a folder\n")
+    runner = [] if where == "local" else [
+        "--runner", "DaskRunner", f"--dask_client_address={dask_cluster.address}"]
+    code = run(["--catalog", catalog_path, "--output", str(output), "--version-id", "v1",
+                *TOLERATE_FAILURES, *runner])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "not published" in line]
+    assert code == 1 and len(lines) == 1
+    assert "NotADirectoryError" in lines[0] or "Not a directory" in lines[0], lines[0]
+    assert not (output / "LATEST").exists()
+
+
 def test_no_wait_is_refused_on_dask_where_the_job_dies_with_its_client(tmp_path, capsys):
     code = run(["--catalog", str(tmp_path / "*.jpg"), "--output", str(tmp_path / "out"),
                 "--runner", "DaskRunner", "--dask_client_address=tcp://127.0.0.1:1",
