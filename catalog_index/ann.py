@@ -83,11 +83,15 @@ def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: floa
     """Build, then pick the smallest search_k whose recall@10 reaches the target; when even
     the largest search_k falls short, double the trees (at most twice) and try again.
 
-    ``hint``: a search_k to try first (the previous version's for this shard). The result
-    is the same with or without it: a larger search_k makes Annoy collect a superset of the
-    candidates of a smaller one (the same walk, further), so recall never falls as search_k
-    grows, and the first multiplier that reaches the target is found going down from one
-    that does as well as going up from 1. A hint saves the measurements below it."""
+    ``hint``: a search_k to try first (the previous version's for this shard). When it
+    reaches the target, the search goes down from it while the next one down does too;
+    otherwise it starts from 1, as without a hint. The trees, and so the index's bytes,
+    are those of a search without the hint either way. The search_k is the same too as
+    long as recall does not fall as search_k grows, which is what Annoy gives (a larger
+    search_k collects a superset of the candidates of a smaller one) except where distance
+    ties are broken differently by Annoy and by the exact search (duplicate images): there
+    a hint may settle on a larger search_k than a search from 1, which reaches the target
+    too."""
     if len(vectors) < 2:  # nothing to search among: exact by definition
         return TunedShard(build_annoy(vectors, n_trees, seed), n_trees, n_trees * K, 1.0, 0)
     query_ids = query_sample(len(vectors), queries)
@@ -105,8 +109,9 @@ def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: floa
 
         hinted = hint // (trees * K) if hint and doubling == 0 else None
         first = SEARCH_K_MULTIPLIERS.index(hinted) if hinted in SEARCH_K_MULTIPLIERS else 0
-        while first > 0 and reaches(SEARCH_K_MULTIPLIERS[first]) and \
-                reaches(SEARCH_K_MULTIPLIERS[first - 1]):
+        if first > 0 and not reaches(SEARCH_K_MULTIPLIERS[first]):
+            first = 0  # the hint falls short: search from 1, as without one
+        while first > 0 and reaches(SEARCH_K_MULTIPLIERS[first - 1]):
             first -= 1  # the one below reaches it too: go on down
         for multiplier in SEARCH_K_MULTIPLIERS[first:]:
             if reaches(multiplier):

@@ -24,6 +24,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 from typing import List, Optional
 
 import apache_beam as beam
@@ -65,8 +66,6 @@ from transforms.write_metadata import WriteErrors
 # processes; docs/benchmarks.md). --direct_running_mode=multi_processing works too.
 # The FnApiRunner is what Beam 2.77's DirectRunner falls back to after it has tried to
 # download the Prism runner from GitHub: naming it skips a network call at run time.
-# Runner names that mean Beam's FnApiRunner here (the DirectRunner falls back to it).
-FN_API_RUNNERS = (None, "DirectRunner", "FnApiRunner")
 # Runners Beam has no short name for, or whose gaps runners/ closes: --runner NAME -> class.
 PROJECT_RUNNERS = {"daskrunner": "runners.dask.DaskRunner"}
 # Runners whose job lives only as long as the client that submitted it (Dask's futures).
@@ -377,7 +376,7 @@ def default_inference_threads(pipeline_options: PipelineOptions) -> int:
     """Split the cores between the worker threads that run inference side by side."""
     options = pipeline_options.get_all_options()
     cores = os.cpu_count() or 1
-    if options.get("runner") in (None, "DirectRunner", "FnApiRunner") and \
+    if (_runner_path(pipeline_options) in (None, *FN_API_RUNNER_PATHS)) and \
             options.get("direct_running_mode") != "multi_processing":
         requested = options.get("direct_num_workers")
         workers = cores if requested == 0 else int(requested or 1)  # Beam: 0 = one per core
@@ -589,9 +588,14 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
                 return 0
             state = result.wait_until_finish()
     except KeyboardInterrupt:
-        _cancel(result)
-        print(f"catalog-index build: not published: stopped; the job was cancelled, and "
-              f"LATEST is unchanged (rebuild with --replace){log}", file=console)
+        cancelled = _cancel(result)  # none to cancel: the local runner stops with this process
+        if read_latest_version(args.output)[0] == build["version_id"]:
+            print(f"catalog-index build: stopped, after version {build['version_id']} was "
+                  f"published (LATEST names it){log}", file=console)
+        else:
+            job = "; the job was cancelled" if cancelled else ""
+            print(f"catalog-index build: not published: stopped{job}; LATEST is unchanged "
+                  f"(rebuild with --replace){log}", file=console)
         return 1
     except Exception as error:  # the runner wraps the worker's exception in its own
         logging.getLogger(__name__).debug("build failed", exc_info=True)
@@ -600,7 +604,13 @@ def _run_build(args, pipeline_options: PipelineOptions, console, log_path: str) 
     if state not in (None, PipelineState.DONE):
         print(f"catalog-index build: not published: the job ended {state}{log}", file=console)
         return 1
-    return report_outcome(args.output, build)
+    try:
+        return report_outcome(args.output, build)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"catalog-index build: the job ended, but its manifest cannot be read from here "
+              f"({type(error).__name__}: {error}); on a cluster, --output must be storage "
+              f"that the workers and this machine share (gs://){log}", file=console)
+        return 1
 
 
 class _stop_raises_interrupt:
@@ -608,27 +618,47 @@ class _stop_raises_interrupt:
     job is cancelled instead of left running without anyone waiting for it."""
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Only the main thread may set a handler (a build run from a thread keeps Python's).
+        self.previous = signal.signal(signal.SIGTERM, _raise_interrupt) \
+            if threading.current_thread() is threading.main_thread() else None
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self.previous)
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _cancel(result) -> None:
+def _cancel(result) -> bool:
+    """Cancel the job behind ``result``; -> whether there was one and it was cancelled."""
     try:
         if result is not None:
             result.cancel()
+            return True
     except Exception:  # noqa: BLE001 (some runners cannot cancel; the message says stopped)
         logging.getLogger(__name__).debug("cancel failed", exc_info=True)
+    return False
+
+
+# Runners that run the job in this process: the FnApiRunner (the DirectRunner's fallback),
+# run as runners/local.py's LocalRunner, and the old bundle-based DirectRunner.
+FN_API_RUNNER_PATHS = ("apache_beam.runners.direct.direct_runner.DirectRunner",
+                       "apache_beam.runners.portability.fn_api_runner.FnApiRunner")
+IN_PROCESS_RUNNER_PATHS = FN_API_RUNNER_PATHS + (
+    "apache_beam.runners.direct.direct_runner.BundleBasedDirectRunner",)
+
+
+def _runner_path(pipeline_options: PipelineOptions) -> Optional[str]:
+    """The class the options' runner name means (None: the default, the FnApiRunner)."""
+    name = pipeline_options.get_all_options().get("runner")
+    return None if name is None else runner_class_path(name)
 
 
 def is_local(pipeline_options: PipelineOptions) -> bool:
-    return pipeline_options.get_all_options().get("runner") in (
-        *FN_API_RUNNERS, "BundleBasedDirectRunner")
+    path = _runner_path(pipeline_options)
+    return path is None or path in IN_PROCESS_RUNNER_PATHS
 
 
 def submit(args, pipeline_options: PipelineOptions, build: dict):
@@ -640,11 +670,10 @@ def submit(args, pipeline_options: PipelineOptions, build: dict):
 
 def make_runner(pipeline_options: PipelineOptions):
     """The runner for ``--runner``: ours where runners/ adapts one, else None (Beam's)."""
-    name = pipeline_options.get_all_options().get("runner")
-    if name in FN_API_RUNNERS:
+    path = _runner_path(pipeline_options)
+    if path is None or path in FN_API_RUNNER_PATHS:
         return LocalRunner()
-    path = PROJECT_RUNNERS.get(name.lower()) if isinstance(name, str) else None
-    if path is None:
+    if path not in PROJECT_RUNNERS.values():
         return None
     module, cls = path.rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)()

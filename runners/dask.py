@@ -67,13 +67,16 @@ def _bundle(items, fn, label, window_fn, args, kwargs, tagged, side_specs, *side
         input_args=list(args), input_kwargs=kwargs, user_state_context=None,
         bundle_finalizer_param=DoFn.BundleFinalizerParam())
     invoker.invoke_setup()
-    invoker.invoke_start_bundle()
-    for item in items:
-        invoker.invoke_process(item)
-    invoker.invoke_finish_bundle()
-    invoker.invoke_teardown()
-    if not tagged:
-        return [value.value for value in receivers.values]
+    try:
+        invoker.invoke_start_bundle()
+        for item in items:
+            invoker.invoke_process(item)
+        invoker.invoke_finish_bundle()
+    finally:
+        invoker.invoke_teardown()
+    if not tagged:  # one output: what was emitted to an undeclared tag goes nowhere
+        return [value.value for value in receivers.values
+                if not isinstance(value, TaggedOutput)]
     return [(value.tag, value.value.value) if isinstance(value, TaggedOutput) else
             (None, value.value) for value in receivers.values]
 
@@ -129,8 +132,11 @@ class _GroupByKey(beam_ops.DaskBagOp):
     """Beam's GroupByKey op, over at least ``parallelism`` partitions."""
 
     def apply(self, input_bag, side_inputs=None):
+        # With a distributed client, groupby's task shuffle keeps its input's partition
+        # count and ignores npartitions: split the input first.
         partitions = max(input_bag.npartitions, self.bag_kwargs.get("parallelism", 1))
-        return input_bag.groupby(_key, npartitions=partitions).map(_grouped)
+        return input_bag.repartition(npartitions=partitions).groupby(
+            _key, shuffle="tasks").map(_grouped)
 
 
 def _output(tag):
@@ -188,8 +194,11 @@ class _Result(beam_dask.DaskRunnerResult):
     """Beam's result, which also lets go of the client once the job is over."""
 
     def wait_until_finish(self, duration=None):
+        if duration is not None:
+            raise NotImplementedError("waiting a while: Beam's DaskRunner would fail the job "
+                                      "when the time is up")
         try:
-            return super().wait_until_finish(duration)
+            return super().wait_until_finish()
         finally:
             if self._state in (PipelineState.DONE, PipelineState.FAILED):
                 self.client.close()
@@ -211,15 +220,19 @@ class DaskRunner(beam_dask.DaskRunner):
             drop_default=True, current_only=True)
         bag_kwargs = beam_dask.DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
-        bag_kwargs["parallelism"] = bag_kwargs.get("npartitions") or \
-            max(1, sum(client.nthreads().values()))
-        pipeline.replace_all(beam_dask.dask_overrides())
-        visitor = _BagPerOutput(bag_kwargs)
-        pipeline.visit(visitor)
-        # One count per sink: the sinks run, and nothing but a number comes back. Handed to
-        # the client together, as they are: dask.optimize() beforehand (Beam's runner calls
-        # it) inlines a task that several readers share into each of them, so that a
-        # multi-output ParDo and everything before it ran once per output.
-        futures = client.compute([sink.count() for sink in visitor.sinks()])
+        try:
+            bag_kwargs["parallelism"] = bag_kwargs.get("npartitions") or \
+                max(1, sum(client.nthreads().values()))
+            pipeline.replace_all(beam_dask.dask_overrides())
+            visitor = _BagPerOutput(bag_kwargs)
+            pipeline.visit(visitor)
+            # One count per sink: the sinks run, and nothing but a number comes back.
+            # Handed to the client together, as they are: dask.optimize() beforehand
+            # (Beam's runner calls it) inlines a task that several readers share into each
+            # of them, so that a multi-output ParDo and all before it ran once per output.
+            futures = client.compute([sink.count() for sink in visitor.sinks()])
+        except BaseException:
+            client.close()
+            raise
         return _Result(client, futures)
 

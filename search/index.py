@@ -221,7 +221,7 @@ class PublishedIndex:
     def _nearest(self, vector: Sequence[float], k: int, search_k: Optional[int] = None,
                  exclude: Sequence[str] = ()) -> List[tuple]:
         """-> [(cosine, item_id, shard number, annoy_id)] of the k nearest items, best first."""
-        vector = np.asarray(vector, dtype=np.float32)
+        vector = self.in_index_space(vector)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         wanted = k + len(exclude)
         found = []
@@ -234,6 +234,15 @@ class PublishedIndex:
         excluded = set(exclude)
         return sorted((hit for hit in found if hit[1] not in excluded),
                       key=lambda hit: (-hit[0], hit[1]))[:k]
+
+    def in_index_space(self, vector: Sequence[float]) -> np.ndarray:
+        """A vector as the index holds them: a model vector is projected (when the version
+        has a projection); one of the index's width is taken as it is."""
+        vector = np.asarray(vector, dtype=np.float32)
+        if self.projection is not None and vector.shape[-1] == self.projection.input_dim \
+                and vector.shape[-1] != self.dimension:
+            return self.projection.apply(vector)
+        return vector
 
     def query_item(self, item_id: str, k: int = 10) -> List[Hit]:
         """More like this: the k items nearest to an indexed item, the item itself left out."""
@@ -277,7 +286,7 @@ class PublishedIndex:
             return self.query_text(text, k)
         if not text or not analyze(text):
             return self.query_vector(vector, k, exclude=exclude)
-        vector = np.asarray(vector, dtype=np.float32)
+        vector = self.in_index_space(vector)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         text_index = self._text()
         nearest = self._nearest(vector, IMAGE_CANDIDATES, exclude=exclude)

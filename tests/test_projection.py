@@ -141,6 +141,10 @@ def test_a_projected_build_indexes_narrow_vectors_and_queries_project_alike(proj
         image = open(os.path.join(root, "images", f"{name}.jpg"), "rb").read()
         hits = index.query_image(image, k=3)
         assert hits[0].item_id == name and hits[0].score > 0.999
+    # a model vector (an image embedded elsewhere) is projected on the way in
+    model_vector = index.model().predict(np.zeros((1, 224, 224, 3), np.float32)).embeddings[0]
+    assert [hit.item_id for hit in index.query_vector(model_vector, k=3)] == \
+        [hit.item_id for hit in index.query_vector(index.projection.apply(model_vector), k=3)]
     raw = PublishedIndex.open(output, version="raw")
     assert raw.manifest["projection"] is None and raw.dimension == 1280
 
