@@ -101,10 +101,12 @@ def test_a_failed_quality_gate_on_dask_exits_1_and_publishes_nothing(
 
 @pytest.mark.parametrize("where", ["local", "dask"])
 def test_a_crash_on_the_workers_exits_1_in_one_line_and_publishes_nothing(
-        where, catalog, dask_cluster, tmp_path, model_cache, capsys):
+        where, photos, dask_cluster, tmp_path, model_cache, capsys):
     """Not an item's failure: the version folder cannot be written (a file stands where
     the versions folder goes), which only the workers find out."""
-    catalog_path, _ = catalog
+    write_files(str(tmp_path / "images"), {f"{name}.jpg": encode(photos[name])
+                                           for name in ("coffee", "chelsea", "rocket")})
+    catalog_path = str(tmp_path / "images" / "*.jpg")
     output = tmp_path / "out"
     output.mkdir()
     (output / "versions").write_text("not a folder\n")
