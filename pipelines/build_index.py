@@ -93,11 +93,15 @@ def _column_list(text: str) -> List[str]:
     return columns
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be at least 1")
     return value
@@ -124,10 +128,7 @@ def _boolean(text: str) -> bool:
 
 
 def _dimensions(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 (no projection) or more")
     return value
@@ -239,8 +240,8 @@ def parse_args(argv: List[str]):
                         help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
                              "without it they go to a log file under the temp folder")
     args, beam_args = parser.parse_known_args(argv)
-    import_runner_options(beam_args)
-    if args.no_wait and runner_class_path(runner_name(beam_args)) in JOBS_END_WITH_CLIENT:
+    runner = import_runner_options(beam_args)
+    if args.no_wait and runner in JOBS_END_WITH_CLIENT:
         raise UsageError(f"--no-wait: a job on {runner_name(beam_args)} is cancelled when "
                          "the client that submitted it exits; leave --no-wait off")
     unknown = unknown_beam_args(beam_args)
@@ -273,21 +274,22 @@ def runner_class_path(name: Optional[str]) -> Optional[str]:
     return name if "." in name else None
 
 
-def import_runner_options(beam_args: List[str]) -> None:
+def import_runner_options(beam_args: List[str]) -> Optional[str]:
     """Import the named runner's module, so that its options (DaskOptions...) are known
-    when unknown flags are checked."""
+    when unknown flags are checked; -> its class path (None: the default runner)."""
     name = runner_name(beam_args)
     path = runner_class_path(name)
     if path is None:
         if name:
             raise UsageError(f"--runner {name}: no such runner (a Beam runner name, "
                              "DaskRunner, or a module.Class path)")
-        return
+        return None
     try:
         importlib.import_module(path.rsplit(".", 1)[0])
     except ImportError as error:
         extra = " (pip install '.[dask]')" if "dask" in path else ""
         raise UsageError(f"--runner {name}: {error}{extra}") from None
+    return path
 
 
 def unknown_beam_args(beam_args: List[str]) -> List[str]:
