@@ -8,18 +8,24 @@ on every other item and no titles. The items WITHOUT a category are the queries:
 category is hidden from the build, and what counts is how many of their 10 nearest other
 items have their true class (leave-one-out P@10).
 
-1. One build with default options (``--dims 0``: raw 1,280-d vectors). From its embeddings
+1. One build with ``--dims 0`` (the model's raw 1,280-d vectors). From its embeddings
    Parquet (the model's own vectors, whatever the index holds), each projection variant is
    fitted exactly as the build fits it (models/projection.py, on the first 20,000 items by
    hash, with the category where there is one) and P@10 is computed by exact cosine search.
-2. Builds with ``--dims N`` for the variants worth it: Annoy bytes per item, ``query_item``
-   p50 and P@10 through ``PublishedIndex.query_item`` (Annoy, tuned search_k).
+2. Builds with default options (``--dims 256``: PCA 256 + LDA from the category), with
+   ``--dims N`` for other variants worth it, and with default options from the same images
+   in a catalog with no category column (PCA only): Annoy bytes per item, ``query_item``
+   p50 and P@10 through ``PublishedIndex.query_item`` (Annoy, tuned search_k). Each is
+   built on the one before in the same output root: its images' vectors are reused, and its
+   projection is fitted anew (its settings differ from the published version's). The
+   manifest says so (``projection.origin``); the benchmark checks it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -35,8 +41,9 @@ PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_catalog(work: str, items: int):
-    """-> (catalog path, {item_id: true class})."""
+def write_catalog(work: str, items: int, with_category: bool = True):
+    """-> (catalog path, {item_id: true class}); ``with_category`` False: the catalog has
+    no category column at all."""
     from PIL import Image
 
     from pipelines.demo import FASHION_CLASSES, load_fashion_mnist
@@ -45,16 +52,17 @@ def write_catalog(work: str, items: int):
     folder = os.path.join(work, "images")
     os.makedirs(folder, exist_ok=True)
     truth = {}
-    path = os.path.join(work, "catalog.csv")
+    path = os.path.join(work, "catalog.csv" if with_category else "catalog-no-category.csv")
     with open(path, "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["item_id", "image_uri", "category"])
+        writer.writerow(["item_id", "image_uri", "category"][:3 if with_category else 2])
         for n in range(items):
             item_id, image = f"fm-{n:06d}", os.path.join(folder, f"fm-{n:06d}.png")
             if not os.path.exists(image):
                 Image.fromarray(images[n % len(images)]).save(image)
             truth[item_id] = FASHION_CLASSES[labels[n % len(images)]]
-            writer.writerow([item_id, image, truth[item_id] if n % 2 == 0 else ""])
+            writer.writerow([item_id, image, truth[item_id] if n % 2 == 0 else ""]
+                            [:3 if with_category else 2])
     return path, truth
 
 
@@ -141,7 +149,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--dims", type=int, nargs="*", default=[256])
+    parser.add_argument("--dims", type=int, nargs="*", default=[],
+                        help="more --dims N builds beside the default's")
     parser.add_argument("--work", default=None)
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="vectors-")
@@ -150,19 +159,27 @@ def main(argv=None) -> None:
         catalog, truth = write_catalog(work, args.items)
         output = os.path.join(work, "index")
         shutil.rmtree(output, ignore_errors=True)
-        walls = {"raw": build(catalog, output, "raw")}
+        walls = {"raw": build(catalog, output, "raw", "--dims", "0")}
         ids, vectors, categories = read_embeddings(os.path.join(output, "versions", "raw"))
         print(f"{len(ids):,} Fashion-MNIST items, a category on every other one; queries: "
               f"the {sum(c is None for c in categories):,} without (leave-one-out P@10)")
         print("exact search, each projection fitted as the build fits it:")
         for name, size, precision in offline_table(ids, vectors, categories, truth):
             print(f"  {name:22s} {size:5d} bytes/vector  P@10 {precision:.3f}")
+        walls["default"] = build(catalog, output, "default")
         for dims in args.dims:
             walls[f"dims-{dims}"] = build(catalog, output, f"dims-{dims}", "--dims", str(dims))
-        print("built and queried (Annoy, tuned search_k; 1,000 uncategorized items):")
+        unlabelled, _ = write_catalog(work, args.items, with_category=False)
+        walls["no-category"] = build(unlabelled, output, "no-category")
+        print("built and queried (Annoy, tuned search_k; 1,000 uncategorized items; "
+              "no-category: the same images, a catalog with no category column, default "
+              "options):")
         for version, wall in walls.items():
+            with open(os.path.join(output, "versions", version, "manifest.json")) as stream:
+                entry = json.load(stream)["projection"]
+            assert entry is None or entry["origin"] == {"fitted": "sample"}, entry
             per_item, p50, precision = through_the_reader(output, version, truth)
-            print(f"  {version:10s} build {wall:6.1f} s  Annoy {per_item:7.0f} bytes/item  "
+            print(f"  {version:11s} build {wall:6.1f} s  Annoy {per_item:7.0f} bytes/item  "
                   f"query_item p50 {p50:6.2f} ms  P@10 {precision:.3f}")
     finally:
         if args.work is None:

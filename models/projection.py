@@ -26,6 +26,13 @@ import numpy as np
 LDA_SHRINK = 0.1  # within-label scatter + LDA_SHRINK * its mean eigenvalue * identity
 LDA_WEIGHT = 0.5  # share of the cosine that the LDA part carries, when there is one
 FILE_FORMAT = 1
+# Drift: the share of new items' variance that the PCA part loses, against the share its own
+# sample lost at fit time (1 - explained_variance). Fashion-MNIST, PCA 256 fitted on 8 of the
+# 10 classes (docs/benchmarks.md): new items of the same classes 1.05-1.15 (200 items), of the
+# two unseen classes 1.9-2.1, a night where one new item in five is of an unseen class
+# 1.25-1.38. Fewer new items than MIN_DRIFT_ITEMS say too little to refit on.
+DRIFT_THRESHOLD = 1.25
+MIN_DRIFT_ITEMS = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,22 @@ class Projection:
         if self.lda.shape[1]:
             parts.append(_unit(centered @ self.lda.astype(np.float64)) * np.sqrt(self.lda_weight))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+    def residual(self, vectors: np.ndarray) -> tuple:
+        """-> (squared distance of ``vectors`` from the PCA subspace, squared distance from
+        the mean), summed over the rows, in float64: their ratio is the share of these
+        vectors' variance the PCA part loses."""
+        centered = np.asarray(vectors, dtype=np.float64).reshape(-1, self.input_dim) \
+            - self.mean.astype(np.float64)
+        pca = self.pca.astype(np.float64)
+        lost = centered - (centered @ pca) @ pca.T
+        return float(np.sum(lost * lost)), float(np.sum(centered * centered))
+
+    def drift(self, lost: float, total: float) -> float:
+        """The share of variance lost on new items (sums from :meth:`residual`) over the
+        share lost on the fit's own sample: about 1 for items like the sample's."""
+        lost_at_fit = 1.0 - self.explained_variance
+        return (lost / total) / max(lost_at_fit, 1e-12) if total > 0 else 0.0
 
     def to_bytes(self) -> bytes:
         """The projection as an ``.npz`` file's bytes (the same projection: the same bytes)."""

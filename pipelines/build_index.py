@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import importlib
 import json
 import logging
@@ -25,7 +26,7 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -40,6 +41,7 @@ from models.captioner import LabelColorCaptioner
 from models.loader import (DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model,
                            runtime_for)
 from models.preprocessing import DEFAULT_MAX_PIXELS
+from models.projection import Projection
 from pipelines.console import quiet_output
 from runners.local import LocalRunner
 from models import caption_transfer
@@ -212,13 +214,17 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="catalog columns that say what a product is, for captions in the catalog's "
                 "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
                 + ", those the catalog has)")
-    option("dims", type=_dimensions, default=0, metavar="N",
+    option("dims", type=_dimensions, default=DEFAULT_DIMS, metavar="N",
            help="project the vectors in the Annoy index to N dimensions, learned from the "
-                "catalog (PCA, plus LDA from --label-column); 0 (default) keeps the "
-                "model's own width")
+                f"catalog (PCA, plus LDA from --label-column; default {DEFAULT_DIMS}); 0 "
+                "keeps the model's own width. A nightly build keeps the published "
+                "version's projection unless its new items drift from it; --full fits anew")
     option("label-column", default=None, metavar="NAME",
            help="with --dims, a catalog column of categories that the projection learns "
                 "to separate (default: category, when the catalog has it; '' for none)")
+    option("projection-from", default=None, metavar="PATH",
+           help="use this projection instead of fitting one: a version folder (its "
+                "projection, checked against its manifest) or a projection .npz file")
     option("caption-method", choices=CAPTION_METHODS, default="head",
            help="how untitled items get captions in the catalog's words: head (default: a "
                 "linear head fitted on a sample of the items with text), neighbours (votes "
@@ -340,9 +346,13 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method, previous=previous_files)
 
-    projection = items | "LearnProjection" >> LearnProjection(
-        args.dims, build["label_column"], previous=previous_files)
-    projection_entry = projection | "WriteProjection" >> beam.Map(write_projection, out_dir)
+    start = build["projection_start"]
+    learned = items | "LearnProjection" >> LearnProjection(
+        args.dims, build["label_column"], previous=previous_files, start=start.projection,
+        start_origin=start.origin, refit_on_drift=start.refit_on_drift)
+    projection = learned | "Projection" >> beam.Map(lambda fitted_and_origin: fitted_and_origin[0])
+    projection_entry = learned | "WriteProjection" >> beam.Map(
+        write_projection, out_dir, build["projection_settings"])
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
@@ -357,7 +367,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
     errors_written = errors | "WriteErrors" >> WriteErrors(out_dir)
 
-    manifest_build = {key: value for key, value in build.items() if key != "model_info"}
+    manifest_build = {key: value for key, value in build.items()
+                      if key not in ("model_info", "projection_start")}
     text_index = shard_summaries | "BuildTextIndex" >> BuildTextIndex(out_dir)
     # --runtime auto is resolved by each worker on its own hardware; the manifest says what
     # a worker chose, not what the launcher was asked.
@@ -420,6 +431,8 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     previous = previous_version_summary(args.output, latest_version)
     settings = reuse_settings(model_entry, model.info.class_names, args)
     full_reason = why_full_build(args.full, previous, settings)
+    label_column = choose_label_column(args.label_column, passthrough)
+    projection_settings = {"dims": args.dims, "label_column": label_column}
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model_entry, "model_info": model.info,
@@ -428,7 +441,11 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
             "passthrough_columns": passthrough, "text_columns": text_columns,
-            "label_column": choose_label_column(args.label_column, passthrough),
+            "label_column": label_column,
+            "projection_settings": projection_settings,
+            "projection_start": projection_start(
+                args.projection_from, projection_settings, None if full_reason else previous,
+                model_entry["embedding_dim"]),
             "latest_token": latest_token,
             "previous": previous,
             "reuse": {"settings": settings,
@@ -440,6 +457,56 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
 
 
 DEFAULT_LABEL_COLUMN = "category"
+# The width of the Annoy index's vectors: PCA 256 (+ LDA where there are labels), measured
+# against the model's 1,280 and PCA 128 in docs/benchmarks.md ("Vectors that fit the catalog").
+DEFAULT_DIMS = 256
+
+
+class ProjectionStart(NamedTuple):
+    """What a build's projection starts from: None (fit one on the sample), or one to keep
+    (``refit_on_drift``: unless tonight's items drift from it); ``origin`` for the manifest."""
+
+    projection: Optional[Projection] = None
+    origin: Optional[dict] = None
+    refit_on_drift: bool = False
+
+
+def projection_start(projection_from: Optional[str], settings: dict,
+                     previous: Optional[dict], embedding_dim: int) -> ProjectionStart:
+    """The projection given by the user; else, in an incremental build, the published
+    version's, when it was fitted with the same settings; else none (fit a new one)."""
+    if projection_from:
+        given = read_projection(projection_from, "--projection-from")
+        if given.input_dim != embedding_dim:
+            raise UsageError(f"--projection-from {projection_from}: it projects "
+                             f"{given.input_dim}-d vectors, the model's are {embedding_dim}-d")
+        return ProjectionStart(given, {"given": projection_from})
+    entry = (previous or {}).get("projection")
+    if not settings["dims"] or not entry or entry.get("settings") != settings or \
+            entry.get("input_dim") != embedding_dim:
+        return ProjectionStart()
+    carried = read_projection(previous["version_dir"], f"version {previous['version_id']}")
+    return ProjectionStart(carried, {"carried_from": previous["version_id"]},
+                           refit_on_drift=True)
+
+
+def read_projection(path: str, what: str) -> Projection:
+    """A projection .npz file, or a version folder's projection (checked against the
+    sha256 its manifest gives). Raises UsageError."""
+    try:
+        if path.endswith(".npz"):
+            return Projection.from_bytes(storage.read_bytes(path))
+        entry = json.loads(storage.read_text(join(path, MANIFEST_FILE))).get("projection")
+        if not entry:
+            raise ValueError("the version has no projection")
+        file = join(path, check_version_file(entry["file"]))
+        data = storage.read_bytes(file)
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{entry['file']} does not match the sha256 in its manifest")
+        return Projection.from_bytes(data)
+    except (OSError, ValueError, KeyError, TypeError, InvalidVersionId) as error:
+        raise UsageError(f"{what}: cannot use its projection ({error}); build with --full "
+                         "to fit a new one") from None
 
 
 def choose_label_column(requested: Optional[str], passthrough) -> Optional[str]:
@@ -515,6 +582,7 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
                 "embedding_dim": manifest["model"]["embedding_dim"],
                 "version_dir": folder, "shards": shards,
                 "schema_version": manifest.get("schema_version"),
+                "projection": manifest.get("projection"),
                 "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
     except (ValueError, KeyError, TypeError, InvalidVersionId, FileNotFoundError) as error:
         raise UsageError(f"{path}: not the manifest of a complete version "

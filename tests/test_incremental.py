@@ -22,7 +22,7 @@ from tests.fault_proxy import FaultProxy
 from tests.real_images import encode
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "china", "flower", "camera", "clock")
-ARTIFACTS = ("index", "metadata", "embeddings")
+ARTIFACTS = ("index", "metadata", "embeddings", "projection")
 
 
 def night_a(photos) -> dict:
@@ -101,7 +101,9 @@ def nights(tmp_path_factory, photos, model_cache):
     storage.write_bytes(os.path.join(folder, "images", "sku-chelsea.jpg"),
                         items_b["sku-chelsea"][0])
     assert build(["--catalog", catalog_b, "--output", root, "--version-id", "b", *ARGS]) == 0
-    assert build(["--catalog", catalog_b, "--output", fresh, "--version-id", "b", *ARGS]) == 0
+    # a full build fits its own projection; given night A's, it must equal the nightly one
+    assert build(["--catalog", catalog_b, "--output", fresh, "--version-id", "b", *ARGS,
+                  "--projection-from", version_dir(root, "a")]) == 0
     return {"root": root, "fresh": fresh, "folder": folder, "catalog_b": catalog_b,
             "items_a": items_a, "items_b": items_b, "expected": expected}
 
@@ -109,8 +111,15 @@ def nights(tmp_path_factory, photos, model_cache):
 def test_night_b_on_top_of_a_publishes_the_bytes_of_a_full_build(nights):
     incremental = files_of(nights["root"], "b")
     full = files_of(nights["fresh"], "b")
-    assert sorted(incremental) == sorted(full) and len(full) == 6
+    assert sorted(incremental) == sorted(full) and len(full) == 7
     assert incremental == full
+    # B kept A's projection: two new items say too little to fit again on
+    projection = manifest(nights["root"], "b")["projection"]
+    assert projection["origin"] == {"carried_from": "a", "drift": {
+        "items": 2, "ratio": projection["origin"]["drift"]["ratio"], "threshold": 1.25}}
+    assert projection["sha256"] == manifest(nights["root"], "a")["projection"]["sha256"]
+    assert manifest(nights["fresh"], "b")["projection"]["origin"] == {
+        "given": version_dir(nights["root"], "a")}
 
 
 def test_only_new_and_changed_images_are_embedded(nights):
@@ -182,7 +191,8 @@ def test_a_model_change_builds_everything_again_and_says_why(nights, tmp_path, c
 def test_full_forces_a_full_build_with_the_same_bytes(nights):
     root = nights["root"]
     assert build(["--catalog", nights["catalog_b"], "--output", root, "--version-id", "b-full",
-                  "--full", "--allow-model-change", *ARGS]) == 0
+                  "--full", "--allow-model-change", *ARGS,
+                  "--projection-from", version_dir(root, "a")]) == 0
     assert files_of(root, "b-full") == files_of(nights["fresh"], "b")
     found = manifest(root, "b-full")
     assert (found["counts"]["embedded"], found["counts"]["reused"]) == (16, 0)

@@ -86,6 +86,32 @@ def test_a_query_is_projected_as_the_catalog_was():
     np.testing.assert_allclose(loaded.apply(vectors[7]), fitted.apply(vectors)[7], atol=1e-7)
 
 
+def test_drift_is_about_one_for_items_like_the_sample_and_large_for_others():
+    from transforms.projection import DriftFn, needs_refit
+
+    rng = np.random.default_rng(1)
+    basis = rng.normal(size=(8, 64))
+    vectors = (rng.normal(size=(3000, 8)) @ basis + rng.normal(size=(3000, 64)) * 0.3)
+    fitted = projection.fit(vectors[:2000], 8)  # the sample spreads along 8 directions
+    drift = DriftFn(fitted)
+
+    def measured(items):
+        halves = [drift.create_accumulator(), drift.create_accumulator()]
+        for n, vector in enumerate(items):  # two bundles, merged
+            halves[n % 2] = drift.add_input(halves[n % 2], {"embedding": vector})
+        return drift.extract_output(drift.merge_accumulators(halves))
+
+    alike = measured(vectors[2000:])
+    assert alike["items"] == 1000 and 0.9 < alike["ratio"] < 1.1
+    assert not needs_refit(alike)
+    elsewhere = vectors[2000:] + rng.normal(size=(1000, 64))  # spread it never had
+    apart = measured(elsewhere)
+    assert apart["ratio"] > projection.DRIFT_THRESHOLD and needs_refit(apart)
+    few = measured(elsewhere[:projection.MIN_DRIFT_ITEMS - 1])
+    assert few["ratio"] > projection.DRIFT_THRESHOLD and not needs_refit(few)
+    assert not needs_refit(None)
+
+
 def test_an_unknown_file_format_is_refused():
     vectors, _ = clustered(count=50)
     stored = dict(np.load(io.BytesIO(projection.fit(vectors, 4).to_bytes())))
@@ -100,7 +126,9 @@ def test_an_unknown_file_format_is_refused():
 
 @pytest.fixture(scope="module")
 def projected_builds(tmp_path_factory, photos, model_cache):
-    """Two builds of the same photos with --dims 8, and one without."""
+    """Builds of the same photos with --dims 8: a, b (--full: fitted again), c (nightly:
+    b's projection carried forward), d (nightly, with as many images of noise added: they
+    drift, so it is fitted again); then one with --dims 0."""
     from pipelines.build_index import run
     from tests.real_images import encode, write_files
 
@@ -108,10 +136,22 @@ def projected_builds(tmp_path_factory, photos, model_cache):
     write_files(str(root / "images"), {f"{name}.jpg": encode(photo)
                                        for name, photo in photos.items()})
     output = str(root / "index")
-    common = ["--catalog", str(root / "images" / "*.jpg"), "--output", output,
-              "--num-shards", "2"]
-    codes = [run(common + ["--dims", "8", "--version-id", version]) for version in ("a", "b")]
-    codes.append(run(common + ["--version-id", "raw", "--full"]))
+    common = ["--output", output, "--num-shards", "2"]
+    photos_only = ["--catalog", str(root / "images" / "*.jpg")]
+    codes = [run(photos_only + common + ["--dims", "8", "--version-id", "a"]),
+             run(photos_only + common + ["--dims", "8", "--version-id", "b", "--full"]),
+             run(photos_only + common + ["--dims", "8", "--version-id", "c"])]
+    noise = np.random.default_rng(0)
+    write_files(str(root / "more"), {
+        f"{name}-noise.png": encode(noise.integers(0, 256, photo.shape, np.uint8), "PNG")
+        for name, photo in photos.items()})
+    with pytest.MonkeyPatch.context() as patch:  # a test catalog has fewer new items
+        patch.setattr(projection, "MIN_DRIFT_ITEMS", 1)
+        patch.setattr("transforms.projection.MIN_DRIFT_ITEMS", 1)
+        codes.append(run(["--catalog", str(root / "*" / "*")] + common
+                         + ["--dims", "8", "--version-id", "d"]))
+    codes.append(run(photos_only + common + ["--dims", "0", "--version-id", "raw", "--full",
+                             "--max-count-drop", "0.5"]))
     return root, output, codes
 
 
@@ -126,12 +166,14 @@ def test_a_projected_build_indexes_narrow_vectors_and_queries_project_alike(proj
     from search.index import PublishedIndex
 
     root, output, codes = projected_builds
-    assert codes == [0, 0, 0]
+    assert codes == [0, 0, 0, 0, 0]
     index = PublishedIndex.open(output, version="a")
     entry = index.manifest["projection"]
     assert entry["file"] == PROJECTION_FILE and entry["dims"] == 8 == index.dimension
     assert entry["sample_size"] == len(index) and entry["label_column"] is None
     assert 0 < entry["explained_variance"] < 1
+    assert entry["settings"] == {"dims": 8, "label_column": None}
+    assert entry["origin"] == {"fitted": "sample"}
     with open(_version_file(output, "a", PROJECTION_FILE), "rb") as stream:
         assert hashlib.sha256(stream.read()).hexdigest() == entry["sha256"]
     some = next(index.item_ids())
@@ -150,23 +192,50 @@ def test_a_projected_build_indexes_narrow_vectors_and_queries_project_alike(proj
 
 
 def test_projected_rebuilds_are_byte_identical(projected_builds):
+    """b was fitted again on the same sample (--full), c carried b's forward."""
     from catalog_index.schema import PROJECTION_FILE
 
     _, output, _ = projected_builds
     for relative in (PROJECTION_FILE, "index/shard-00000-of-00002.ann",
                      "index/shard-00001-of-00002.ann"):
         first = open(_version_file(output, "a", relative), "rb").read()
-        assert open(_version_file(output, "b", relative), "rb").read() == first, relative
+        for version in ("b", "c"):
+            assert open(_version_file(output, version, relative), "rb").read() == first, \
+                (version, relative)
+
+
+def _manifest(output, version):
+    import json
+
+    return json.loads(open(_version_file(output, version, "manifest.json")).read())
+
+
+def test_a_nightly_build_keeps_the_published_projection_until_new_items_drift(
+        projected_builds):
+    _, output, _ = projected_builds
+    b, c, d = (_manifest(output, version)["projection"] for version in "bcd")
+    assert b["origin"] == {"fitted": "sample"}
+    # nothing new: nothing drifts, b's projection is carried, no sample is read
+    assert c["origin"] == {"carried_from": "b", "drift": {
+        "items": 0, "ratio": 0.0, "threshold": projection.DRIFT_THRESHOLD}}
+    assert c["sha256"] == b["sha256"]
+    # noise lies far from the photos' subspace: fitted again, on a sample that holds the
+    # reused photos (their vectors read from version c) and the new images
+    photos = _manifest(output, "c")["counts"]["indexed"]
+    assert d["origin"]["fitted"] == "drift"
+    assert d["origin"]["drift"]["items"] == photos
+    assert d["origin"]["drift"]["ratio"] > projection.DRIFT_THRESHOLD
+    assert d["sample_size"] == 2 * photos and d["sha256"] != c["sha256"]
 
 
 def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_builds,
-                                                                     tmp_path):
+                                                                     tmp_path, capsys):
     import shutil
 
     from catalog_index.schema import PROJECTION_FILE
     from search.index import IndexIntegrityError, PublishedIndex
 
-    _, output, _ = projected_builds
+    root, output, _ = projected_builds
     copy = str(tmp_path / "index")
     shutil.copytree(output, copy)
     fitted = projection.Projection.from_bytes(
@@ -176,3 +245,14 @@ def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_b
         stream.write(other.to_bytes())
     with pytest.raises(IndexIntegrityError, match="projection.npz: sha256 differs"):
         PublishedIndex.open(copy, version="a")
+    # a nightly build would carry it forward: it stops first, in one line
+    from pipelines.build_index import run
+
+    with open(os.path.join(copy, "LATEST"), "w") as stream:
+        stream.write("a\n")
+    assert run(["--catalog", str(root / "images" / "*.jpg"), "--output", copy, "--dims", "8",
+                "--num-shards", "2"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert message == [f"catalog-index build: error: version a: cannot use its projection "
+                       f"({PROJECTION_FILE} does not match the sha256 in its manifest); "
+                       "build with --full to fit a new one"]

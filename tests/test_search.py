@@ -70,8 +70,11 @@ def test_merged_shard_results_equal_exact_search(built):
     vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
     assert len(index.shards) == 3 and all(shard.annoy.get_n_items() for shard in index.shards)
     exhaustive = len(ids) * 64
+    # the index holds them projected; a model vector given to the reader is projected alike
+    assert index.projection is not None and index.dimension < vectors.shape[1]
+    space = index.projection.apply(vectors)
     for query in range(0, len(ids), 7):
-        scores = vectors @ vectors[query]
+        scores = space @ space[query]
         exact = [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]
         merged = index.query_vector(vectors[query], k=10, search_k=exhaustive)
         assert [hit.item_id for hit in merged] == exact
@@ -173,7 +176,7 @@ def reference_reader(output, version="v1"):
     manifest = json.load(open(os.path.join(folder, "manifest.json")))
     shards, rows = [], []
     for shard in manifest["index"]["shards"]:
-        annoy = AnnoyIndex(manifest["model"]["embedding_dim"], "angular")
+        annoy = AnnoyIndex(manifest["index"]["dimension"], "angular")
         annoy.load(os.path.join(folder, shard["index_file"]))
         table = pq.read_table(os.path.join(folder, shard["metadata_file"])).to_pylist()
         shards.append((annoy, {row["annoy_id"]: row for row in table}, shard["search_k"]))

@@ -30,10 +30,13 @@ class SampleVectors(beam.PTransform):
     """sample records (:func:`sample_record`) -> one list of (item_id, float16 vector bytes,
     payload), sorted by item_id."""
 
-    def __init__(self, max_sample: int, previous=None):
+    def __init__(self, max_sample: int, previous=None, wanted=None):
         super().__init__()
         self.max_sample = max_sample
         self.previous = previous  # {version_dir, shards} of the version items are reused from
+        # A singleton side input: False when the sample turns out not to be needed; then no
+        # vector is read and the result is an empty list.
+        self.wanted = wanted
 
     def expand(self, records):
         previous = self.previous
@@ -42,7 +45,9 @@ class SampleVectors(beam.PTransform):
             vector = record[2]
             return (IN_HAND if isinstance(vector, bytes) else vector[0]), record
 
-        def read_vectors(group):
+        def read_vectors(group, wanted=True):
+            if not wanted:
+                return
             _shard, records = group
             records = list(records)
             missing = [record[2] for record in records if not isinstance(record[2], bytes)]
@@ -58,7 +63,8 @@ class SampleVectors(beam.PTransform):
                 | "EachRecord" >> beam.FlatMap(lambda sample: sample)
                 | "ByPreviousShard" >> beam.Map(by_previous_shard)
                 | "GroupByPreviousShard" >> beam.GroupByKey()
-                | "ReadPreviousVectors" >> beam.FlatMap(read_vectors)
+                | "ReadPreviousVectors" >> beam.FlatMap(
+                    read_vectors, *([] if self.wanted is None else [self.wanted]))
                 | "Together" >> beam.combiners.ToList()
                 | "ByItemId" >> beam.Map(sorted))
 
