@@ -17,9 +17,9 @@ install: $(STAMP)
 
 # check-dag: the nightly Airflow DAG loaded and rendered by a real Airflow 3.3, in its own
 # virtualenv (pinned in dataflow_templates/schedule/checks/requirements.txt; installed with
-# uv in about 20 s, where pip took 3 min 17 s to resolve). The google provider needs
+# uv in 20-50 s, where pip took 3 min 17 s to resolve). The google provider needs
 # Python 3.11+: AIRFLOW_PYTHON is the first of these that has it. A second run costs only
-# the check (about 12 s). The venv ignores itself in git, as Python 3.13's venv does.
+# the check (11-16 s). The venv ignores itself in git, as Python 3.13's venv does.
 AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_PYTHON ?= $(firstword $(foreach p,$(PYTHON) python3.11 python3.12 python3.13,\
 	$(shell $(p) -c 'import sys; print("$(p)" if sys.version_info >= (3, 11) else "")' 2>/dev/null)))
