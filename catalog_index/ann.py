@@ -123,6 +123,21 @@ def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: floa
                       len(query_ids))
 
 
+def label_hits(index, labels: Sequence[Optional[str]], search_k: int, queries: int) -> tuple:
+    """Leave-one-out precision of a label: for up to ``queries`` labelled rows, evenly
+    spread, how many of the K nearest other rows (Annoy, ``search_k``) that have a label
+    carry the query's. -> (queries asked, neighbours with a label, those with the query's);
+    P@10 is the last over the middle one."""
+    labelled = [row for row, label in enumerate(labels) if label]
+    asked = [labelled[i] for i in query_sample(len(labelled), queries)]
+    judged = hits = 0
+    for query, row in zip(asked, annoy_neighbours(index, asked, search_k)):
+        known = [labels[other] for other in row if labels[other]]
+        judged += len(known)
+        hits += sum(label == labels[query] for label in known)
+    return len(asked), judged, hits
+
+
 def queries_per_shard(num_shards: int, total_queries: int = 1000) -> int:
     """A shard's share of the recall queries, with a margin for uneven shards."""
     return math.ceil(total_queries / num_shards) + 16

@@ -118,6 +118,12 @@ class Projection:
                 "explained_variance": round(self.explained_variance, 6)}
 
 
+def label_of(value) -> Optional[str]:
+    """A catalog cell as a label: its text, stripped (a number's too); None when empty."""
+    text = "" if value is None else str(value).strip()
+    return text or None
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)

@@ -195,6 +195,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("max-count-drop", type=_fraction, default=0.10, metavar="F",
            help="quality gate: largest drop in indexed items against the published "
                 "version (default 0.10)")
+    option("max-precision-drop", type=_fraction, default=0.05, metavar="F",
+           help="quality gate: largest fall in P@10 of the --label-column labels (how often "
+                "an item's 10 nearest share its label) against the published version "
+                "(default 0.05)")
     option("allow-model-change", type=_boolean, nargs="?", const=True, default=False,
            help="quality gate: publish even if the model or embedding dimension differs "
                 "from the published version's")
@@ -360,7 +364,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
         args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
-        previous=previous_files),
+        previous=previous_files, label_column=build["label_column"]),
         num_shards, caption_model, projection)
 
     errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
@@ -453,6 +457,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                       "full_build_reason": full_reason},
             "gate": {"min_recall": args.min_recall, "max_failure_rate": args.max_failure_rate,
                      "max_count_drop": args.max_count_drop,
+                     "max_precision_drop": args.max_precision_drop,
                      "allow_model_change": args.allow_model_change}}
 
 
@@ -583,7 +588,9 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
                 "version_dir": folder, "shards": shards,
                 "schema_version": manifest.get("schema_version"),
                 "projection": manifest.get("projection"),
-                "reuse_settings": (manifest.get("reuse") or {}).get("settings")}
+                "reuse_settings": (manifest.get("reuse") or {}).get("settings"),
+                "quality": {key: manifest.get("quality", {}).get(key)
+                            for key in ("label_column", "label_p_at_10")}}
     except (ValueError, KeyError, TypeError, InvalidVersionId, FileNotFoundError) as error:
         raise UsageError(f"{path}: not the manifest of a complete version "
                          f"({type(error).__name__}: {error}); publish another version with "

@@ -256,3 +256,71 @@ def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_b
     assert message == [f"catalog-index build: error: version a: cannot use its projection "
                        f"({PROJECTION_FILE} does not match the sha256 in its manifest); "
                        "build with --full to fit a new one"]
+
+
+# ------------------------------------------------- labelled products: what the labels buy
+
+@pytest.fixture(scope="module")
+def labelled_builds(tmp_path_factory, model_cache):
+    """Fashion-MNIST products, 40 of each class, a category on every other one: built with
+    --dims 0 (raw), then with default options on top of it, then with --dims 0 again."""
+    from PIL import Image
+
+    from pipelines.build_index import run
+    from pipelines.demo import FASHION_CLASSES, load_fashion_mnist
+
+    root = tmp_path_factory.mktemp("labelled")
+    images, labels = load_fashion_mnist("t10k")
+    truth, rows = {}, []
+    for label, name in enumerate(FASHION_CLASSES):
+        for rank, index in enumerate(np.flatnonzero(labels == label)[:40]):
+            item_id = f"fm-{index:05d}"
+            Image.fromarray(images[index]).save(root / f"{item_id}.png")
+            rows.append(f"{item_id},{root / item_id}.png,{name if rank % 2 == 0 else ''}")
+            truth[item_id] = name
+    (root / "catalog.csv").write_text("item_id,image_uri,category\n" + "\n".join(rows) + "\n")
+    output = str(root / "index")
+    common = ["--catalog", str(root / "catalog.csv"), "--output", output, "--num-shards", "1"]
+    codes = [run(common + ["--dims", "0", "--version-id", "raw"]),
+             run(common + ["--version-id", "default"]),
+             run(common + ["--dims", "0", "--version-id", "raw-again"])]
+    return output, truth, codes
+
+
+def test_labels_lift_the_precision_of_items_without_one(labelled_builds):
+    """The issue's claim at a small scale, on real product images: the items WITHOUT a
+    category find more of their own class through query_item with default options (PCA +
+    LDA from the other half's categories) than with the model's raw vectors."""
+    from search.index import PublishedIndex
+
+    output, truth, codes = labelled_builds
+    assert codes[:2] == [0, 0]
+    precision = {}
+    for version in ("raw", "default"):
+        index = PublishedIndex.open(output, version=version)
+        queries = [item for item in sorted(truth) if
+                   not index.item(item)["category"]]
+        assert len(queries) == 200
+        precision[version] = np.mean([truth[hit.item_id] == truth[item] for item in queries
+                                      for hit in index.query_item(item, k=10)])
+    entry = PublishedIndex.open(output, version="default").manifest["projection"]
+    assert (entry["pca_dims"], entry["lda_dims"], entry["label_column"]) == (256, 9, "category")
+    assert precision["default"] >= precision["raw"] + 0.03, precision
+
+
+def test_the_gate_refuses_a_version_whose_labels_lose_precision(labelled_builds, capsys):
+    """Each version measures how often a labelled item's nearest share its label; going back
+    to raw vectors loses what the LDA part gave, and the gate says so."""
+    output, _, codes = labelled_builds
+    quality = {version: _manifest(output, version)["quality"]
+               for version in ("raw", "default", "raw-again")}
+    assert quality["raw"]["label_column"] == "category"
+    assert quality["raw"]["label_queries"] == 200
+    assert quality["default"]["label_p_at_10"] > quality["raw"]["label_p_at_10"] + 0.05
+    assert quality["raw-again"]["label_p_at_10"] == quality["raw"]["label_p_at_10"]
+    assert codes[2] == 1  # not published
+    gate = {check["check"]: check for check in
+            _manifest(output, "raw-again")["validation"]["gate"]}
+    assert not gate["label_precision"]["passed"]
+    assert gate["label_precision"]["value"] == round(
+        quality["raw"]["label_p_at_10"] - quality["default"]["label_p_at_10"], 6)

@@ -14,7 +14,7 @@ from tests.real_images import encode, write_files
 from transforms.validate import quality_gate
 
 THRESHOLDS = {"min_recall": 0.95, "max_failure_rate": 0.05, "max_count_drop": 0.10,
-              "allow_model_change": False}
+              "max_precision_drop": 0.05, "allow_model_change": False}
 MODEL = {"fingerprint": "a" * 64, "embedding_dim": 1280}
 PREVIOUS = {"version_id": "v1", "indexed": 1000, "model_fingerprint": "a" * 64,
             "embedding_dim": 1280}
@@ -41,6 +41,44 @@ def test_gate_names_every_failed_check():
                                           if c["check"] == "model_unchanged")
     allowed = quality_gate(quality, {**THRESHOLDS, "allow_model_change": True}, changed, PREVIOUS)
     assert "model_unchanged" not in failing(allowed)
+
+
+def test_gate_checks_label_precision_against_the_published_version():
+    quality = {"ann_recall_at_10": 0.97, "recall_queries": 1000, "failure_rate": 0.01,
+               "indexed_change": 0.0, "label_column": "category", "label_queries": 1000,
+               "label_p_at_10": 0.80}
+    before = {**PREVIOUS, "quality": {"label_column": "category", "label_p_at_10": 0.87}}
+    checks = quality_gate(quality, THRESHOLDS, MODEL, before)
+    assert failing(checks) == ["label_precision"]
+    found = next(check for check in checks if check["check"] == "label_precision")
+    assert (found["value"], found["threshold"]) == (-0.07, -0.05)
+    assert found["message"] == ("P@10 of the category labels fell from 0.870 (version v1) to "
+                                "0.800, more than the 0.05 allowed; pass --max-precision-drop "
+                                "if that is intended")
+    assert failing(quality_gate({**quality, "label_p_at_10": 0.83}, THRESHOLDS, MODEL,
+                                before)) == []
+    assert failing(quality_gate(quality, {**THRESHOLDS, "max_precision_drop": 0.1}, MODEL,
+                                before)) == []
+    # another label column, or none measured before: nothing to compare
+    for other in ({"label_column": "brand", "label_p_at_10": 0.99}, {}):
+        checks = quality_gate(quality, THRESHOLDS, MODEL, {**PREVIOUS, "quality": other})
+        assert "label_precision" not in [check["check"] for check in checks]
+
+
+def test_label_hits_count_neighbours_that_share_the_label():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 32)) * 4
+    classes = np.arange(400) % 4
+    vectors = (centres[classes] + rng.normal(size=(400, 32))).astype(np.float32)
+    index = ann.build_annoy(vectors, 8, seed=1)
+    labels = [f"class-{c}" if n // 4 % 2 == 0 else None for n, c in enumerate(classes)]
+    asked, judged, hits = ann.label_hits(index, labels, search_k=-1, queries=50)
+    assert asked == 50 and 0.4 * 50 * ann.K < judged < 0.6 * 50 * ann.K  # half have a label
+    assert hits == judged  # separated classes: every labelled neighbour agrees
+    shuffled = list(rng.permutation(np.array(labels, dtype=object)))
+    asked, judged, hits = ann.label_hits(index, shuffled, search_k=-1, queries=1000)
+    assert asked == 200 and 0.15 < hits / judged < 0.35  # 1 in 4 by chance
+    assert ann.label_hits(index, [None] * 400, search_k=-1, queries=50) == (0, 0, 0)
 
 
 def test_exact_neighbours_match_a_plain_sort():

@@ -26,7 +26,7 @@ import numpy as np
 from catalog_index import storage
 from catalog_index.schema import PROJECTION_FILE, join
 from models import caption_transfer, projection
-from models.projection import DRIFT_THRESHOLD, MIN_DRIFT_ITEMS, Projection
+from models.projection import DRIFT_THRESHOLD, MIN_DRIFT_ITEMS, Projection, label_of
 from transforms.reuse import is_reused
 from transforms.sample import SampleVectors, sample_record, stacked
 
@@ -62,10 +62,9 @@ class LearnProjection(beam.PTransform):
 
         def sampled(item):
             if dims:
-                label = (item.get("passthrough") or {}).get(label_column) if label_column \
-                    else None
-                yield sample_record(caption_transfer.sample_key(item["item_id"]), item,
-                                    label if isinstance(label, str) and label.strip() else None)
+                label = label_of((item.get("passthrough") or {}).get(label_column)) \
+                    if label_column else None
+                yield sample_record(caption_transfer.sample_key(item["item_id"]), item, label)
 
         wanted = None if drift is None else beam.pvalue.AsSingleton(
             drift | "Refit" >> beam.Map(needs_refit))

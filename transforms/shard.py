@@ -31,6 +31,7 @@ from catalog_index.schema import (changes_file, embeddings_file, index_file, joi
                                   metadata_file, metadata_schema, shard_of)
 from catalog_index.storage import sha256_of_file
 from models import caption_transfer
+from models.projection import label_of
 from transforms.changes import shard_changes, write_changes_parquet
 from transforms.errors import counter
 from transforms.reuse import PREVIOUS_VECTOR, previous_vectors
@@ -176,7 +177,7 @@ class BuildShard(beam.DoFn):
 
     def __init__(self, version_dir: str, passthrough_columns, dimension: int, n_trees: int,
                  seed: int, target_recall: float, model_fingerprint: str, text_columns=(),
-                 previous: Optional[dict] = None):
+                 previous: Optional[dict] = None, label_column: Optional[str] = None):
         self.version_dir, self.dimension = version_dir, dimension
         # The previous published version, for changes/: {version_dir, shards}.
         self.previous = previous
@@ -184,6 +185,8 @@ class BuildShard(beam.DoFn):
         self.text_columns = [c for c in text_columns if c in self.passthrough_columns]
         self.n_trees, self.seed, self.target_recall = n_trees, seed, target_recall
         self.model_fingerprint = model_fingerprint
+        # The catalog column whose labels the quality gate's precision is measured on.
+        self.label_column = label_column if label_column in self.passthrough_columns else None
 
     def process(self, shard_records, num_shards: int, caption_model=None, projection=None):
         shard, records = shard_records
@@ -218,6 +221,10 @@ class BuildShard(beam.DoFn):
                                    ann.queries_per_shard(num_shards),
                                    hint=self.previous_search_k(shard, num_shards))
             dimension = indexed.shape[1]
+            labels = [label_of(value) for value in table.column(self.label_column).to_pylist()] \
+                if self.label_column else []
+            label_queries, label_judged, label_hits = ann.label_hits(
+                tuned.index, labels, tuned.search_k, ann.queries_per_shard(num_shards))
             del vectors, table, indexed
             tuned.index.save(local["index_file"])
             tuned.index.unload()
@@ -229,7 +236,9 @@ class BuildShard(beam.DoFn):
                        "changes_sha256": sha256_of_file(local["changes_file"]),
                        "dimension": dimension,
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
-                       "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries}
+                       "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries,
+                       "label_queries": label_queries, "label_judged": label_judged,
+                       "label_hits": label_hits}
             with ThreadPoolExecutor(len(files)) as pool:  # side by side: one slow upload
                 list(pool.map(lambda key: storage.upload_file(
                     local[key], join(self.version_dir, files[key])), files))

@@ -55,7 +55,8 @@ class _ValidateVersion(beam.DoFn):
             problems.append(f"{len(shard_entries)} shards written, expected {num_shards}")
         if counts["indexed"] == 0:
             problems.append("no item was indexed")
-        quality = quality_figures(shard_entries, counts, build.get("previous"))
+        quality = quality_figures(shard_entries, counts, build.get("previous"),
+                                  build.get("label_column"))
         gate = quality_gate(quality, build["gate"], build["model"], build.get("previous"))
         problems.extend(check["message"] for check in gate if not check["passed"])
         finished = datetime.datetime.now(datetime.timezone.utc)
@@ -95,13 +96,21 @@ SHARD_KEYS = ("shard", "index_file", "metadata_file", "embeddings_file", "change
               "search_k", "recall_at_10", "recall_queries")
 
 
-def quality_figures(shard_entries, counts, previous) -> dict:
+def quality_figures(shard_entries, counts, previous, label_column=None) -> dict:
     queries = sum(entry["recall_queries"] for entry in shard_entries)
     recall = (sum(entry["recall_at_10"] * entry["recall_queries"] for entry in shard_entries)
               / queries) if queries else 1.0
     figures = {"ann_recall_at_10": round(recall, 6), "recall_queries": queries,
                "failure_rate": round(counts["failed"] / counts["input"], 6)
                if counts["input"] else 0.0}
+    judged = sum(entry["label_judged"] for entry in shard_entries)
+    if judged:
+        # leave-one-out, within each shard: how many of a labelled item's 10 nearest that
+        # have a label share its label
+        figures.update(label_column=label_column,
+                       label_queries=sum(entry["label_queries"] for entry in shard_entries),
+                       label_p_at_10=round(sum(entry["label_hits"] for entry in shard_entries)
+                                           / judged, 6))
     if previous:
         figures["previous_version"] = previous["version_id"]
         figures["indexed_change"] = round(
@@ -134,6 +143,18 @@ def quality_gate(quality: dict, thresholds: dict, model: dict, previous) -> list
             f"{-change:.1%} fewer items indexed than version {previous['version_id']} "
             f"({previous['indexed']}), more than the {thresholds['max_count_drop']:.0%} "
             "drop allowed"))
+        before = previous.get("quality") or {}
+        if "label_p_at_10" in quality and before.get("label_p_at_10") is not None and \
+                before.get("label_column") == quality["label_column"]:
+            fell = round(quality["label_p_at_10"] - before["label_p_at_10"], 6)
+            checks.append(check(
+                "label_precision", fell, -thresholds["max_precision_drop"],
+                fell >= -thresholds["max_precision_drop"],
+                f"P@10 of the {quality['label_column']} labels fell from "
+                f"{before['label_p_at_10']:.3f} (version {previous['version_id']}) to "
+                f"{quality['label_p_at_10']:.3f}, more than the "
+                f"{thresholds['max_precision_drop']:.2f} allowed; pass --max-precision-drop "
+                "if that is intended"))
         same_model = (model["fingerprint"], model["embedding_dim"]) == (
             previous["model_fingerprint"], previous["embedding_dim"])
         checks.append(check(
