@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -74,11 +75,21 @@ class Shard:
     search_k: int
 
     def row(self, annoy_id: int) -> dict:
-        return self.metadata.slice(annoy_id, 1).to_pylist()[0]
+        # Column by column, from columns looked up once: a third of the time of a one-row
+        # slice's to_pylist, which was half of a query's time at 256 dimensions.
+        return {name: column[annoy_id].as_py() for name, column in self._columns}
+
+    @functools.cached_property
+    def _columns(self) -> list:
+        return list(zip(self.metadata.column_names, self.metadata.columns))
+
+    @functools.cached_property
+    def item_ids(self) -> pa.ChunkedArray:
+        return self.metadata.column("item_id")
 
     def find(self, item_id: str) -> Optional[int]:
         """The Annoy id of ``item_id``, by binary search over the sorted item_id column."""
-        ids = self.metadata.column("item_id")
+        ids = self.item_ids
         found = bisect.bisect_left(ids, item_id, key=lambda scalar: scalar.as_py())
         return found if found < len(ids) and ids[found].as_py() == item_id else None
 
@@ -228,7 +239,7 @@ class PublishedIndex:
         for number, shard in enumerate(self.shards):
             ids, distances = shard.annoy.get_nns_by_vector(
                 vector, wanted, search_k=search_k or shard.search_k, include_distances=True)
-            item_ids = shard.metadata.column("item_id").take(ids).to_pylist() if ids else []
+            item_ids = [shard.item_ids[i].as_py() for i in ids]
             found.extend((1.0 - d * d / 2.0, item_id, number, i)
                          for i, d, item_id in zip(ids, distances, item_ids))
         excluded = set(exclude)
