@@ -123,13 +123,13 @@ def tune_shard(vectors: np.ndarray, n_trees: int, seed: int, target_recall: floa
                       len(query_ids))
 
 
-def label_hits(index, labels: Sequence[Optional[str]], search_k: int, queries: int) -> tuple:
-    """Leave-one-out precision of a label: for up to ``queries`` labelled rows, evenly
-    spread, how many of the K nearest other rows (Annoy, ``search_k``) that have a label
-    carry the query's. -> (queries asked, neighbours with a label, those with the query's);
+def label_hits(index, labels: Sequence[Optional[str]], queries: Sequence[int],
+               search_k: int) -> tuple:
+    """Leave-one-out precision of a label: for each of the rows ``queries`` that has a
+    label, how many of its K nearest other rows (Annoy, ``search_k``) that have a label
+    carry its own. -> (queries asked, neighbours with a label, those with the query's);
     P@10 is the last over the middle one."""
-    labelled = [row for row, label in enumerate(labels) if label]
-    asked = [labelled[i] for i in query_sample(len(labelled), queries)]
+    asked = [row for row in queries if labels[row]]
     judged = hits = 0
     for query, row in zip(asked, annoy_neighbours(index, asked, search_k)):
         known = [labels[other] for other in row if labels[other]]

@@ -44,6 +44,7 @@ from transforms.write_metadata import write_embeddings_parquet, write_metadata_p
 # under 3 GB. Workers with more memory (Dataflow) take larger shards: fewer shards make
 # every query cheaper (docs/operations.md).
 DEFAULT_MAX_ITEMS_PER_SHARD = 10_000
+LABEL_QUERIES = 2000  # labelled items of a build whose neighbours' labels the gate checks
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
 METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "caption_source",
@@ -221,10 +222,8 @@ class BuildShard(beam.DoFn):
                                    ann.queries_per_shard(num_shards),
                                    hint=self.previous_search_k(shard, num_shards))
             dimension = indexed.shape[1]
-            labels = [label_of(value) for value in table.column(self.label_column).to_pylist()] \
-                if self.label_column else []
-            label_queries, label_judged, label_hits = ann.label_hits(
-                tuned.index, labels, tuned.search_k, ann.queries_per_shard(num_shards))
+            label_queries, label_judged, label_hits = self.label_precision(
+                tuned, table, ann.queries_per_shard(num_shards, LABEL_QUERIES))
             del vectors, table, indexed
             tuned.index.save(local["index_file"])
             tuned.index.unload()
@@ -245,6 +244,20 @@ class BuildShard(beam.DoFn):
         counter("indexed").inc(spill.count)
         return summary
 
+
+    def label_precision(self, tuned, table: pa.Table, queries: int) -> tuple:
+        """(queries, labelled neighbours, those sharing the query's label) of up to
+        ``queries`` labelled items of the shard: those whose sha256(item_id) is smallest,
+        so that the same items are asked night after night and the quality gate compares
+        like with like (rows spread by position gave 0.862 and 0.822 for two nights that
+        differ in 1.5% of their items; the same items, 0.872 and 0.855)."""
+        if not self.label_column:
+            return 0, 0, 0
+        labels = [label_of(value) for value in table.column(self.label_column).to_pylist()]
+        item_ids = table.column("item_id").to_pylist()
+        labelled = sorted((row for row, label in enumerate(labels) if label),
+                          key=lambda row: caption_transfer.sample_key(item_ids[row]))
+        return ann.label_hits(tuned.index, labels, labelled[:queries], tuned.search_k)
 
     def previous_search_k(self, shard: int, num_shards: int) -> Optional[int]:
         """The search_k the previous version chose for this shard, as a first guess."""
