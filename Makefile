@@ -55,7 +55,7 @@ browser:
 
 demo: install sample-data
 	rm -rf out
-	$(PY) -m pipelines.demo --output out --limit 1000
+	$(PY) -m pipelines.demo --output out --limit 2000
 
 test: install sample-data browser check-dag
 	$(PY) -m pytest

@@ -33,6 +33,10 @@ FILE_FORMAT = 1
 # 1.25-1.38. Fewer new items than MIN_DRIFT_ITEMS say too little to refit on.
 DRIFT_THRESHOLD = 1.25
 MIN_DRIFT_ITEMS = 200
+# A sample of fewer than this many items per dimension fits no projection: the build keeps
+# the model's vectors. Fitted on a handful of items, PCA says more about them than about
+# images to come (a 5-photo catalog's 4-d PCA made a red copy of a photo a stranger to it).
+MIN_ITEMS_PER_DIM = 4
 
 
 @dataclasses.dataclass(frozen=True)

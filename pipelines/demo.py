@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
-import json
 import os
 import sys
 
@@ -58,36 +57,20 @@ def write_sample_catalog(folder: str, limit: int) -> str:
 
 
 def nearest_neighbours(output_root: str, item_id: str, k: int = 5):
-    """The k nearest items to ``item_id`` over all shards of the LATEST version."""
-    import pyarrow.parquet as pq
-    from annoy import AnnoyIndex
+    """-> [(cosine, metadata row)] of the k items nearest to ``item_id`` in the published
+    version, through the reader search teams use."""
+    from search.index import PublishedIndex
 
-    version = open(os.path.join(output_root, "LATEST")).read().strip()
-    folder = os.path.join(output_root, "versions", version)
-    manifest = json.load(open(os.path.join(folder, "manifest.json")))
-    dimension = manifest["model"]["embedding_dim"]
-    metadata = {}
-    vector = None
-    for shard in manifest["index"]["shards"]:
-        for row in pq.read_table(os.path.join(folder, shard["metadata_file"])).to_pylist():
-            metadata[(row["shard"], row["annoy_id"])] = row
-        for row in pq.read_table(os.path.join(folder, shard["embeddings_file"])).to_pylist():
-            if row["item_id"] == item_id:
-                vector = row["vector"]
-    hits = []
-    for shard in manifest["index"]["shards"]:
-        index = AnnoyIndex(dimension, manifest["index"]["metric"])
-        index.load(os.path.join(folder, shard["index_file"]))
-        ids, distances = index.get_nns_by_vector(vector, k, include_distances=True)
-        hits += [(1 - d * d / 2, metadata[(shard["shard"], i)]) for i, d in zip(ids, distances)]
-    return sorted(hits, key=lambda hit: -hit[0])[:k]
+    return [(hit.score, hit.metadata)
+            for hit in PublishedIndex.open(output_root).query_item(item_id, k=k)]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default="out", help="index output root (default ./out)")
     parser.add_argument("--workdir", default="out/sample-catalog", help="where the catalog goes")
-    parser.add_argument("--limit", type=int, default=1000, help="number of products")
+    parser.add_argument("--limit", type=int, default=2000, help="number of products (the "
+                        "default is enough to learn the vectors' 256-d projection from)")
     args = parser.parse_args(argv)
 
     from pipelines.build_index import run

@@ -84,7 +84,7 @@ def vectors(root: str, version: str) -> dict:
     return rows
 
 
-ARGS = ["--num-shards", "2"]
+ARGS = ["--num-shards", "2", "--dims", "4"]  # 16 items: 4 a dimension, enough to fit on
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,7 @@ def test_an_unknown_file_format_is_refused():
 
 @pytest.fixture(scope="module")
 def projected_builds(tmp_path_factory, photos, model_cache):
-    """Builds of the same photos with --dims 8: a, b (--full: fitted again), c (nightly:
+    """Builds of the same photos with --dims 4 (20 photos: 4 items a dimension at least): a, b (--full: fitted again), c (nightly:
     b's projection carried forward), d (nightly, with as many images of noise added: they
     drift, so it is fitted again); then one with --dims 0."""
     from pipelines.build_index import run
@@ -138,9 +138,9 @@ def projected_builds(tmp_path_factory, photos, model_cache):
     output = str(root / "index")
     common = ["--output", output, "--num-shards", "2"]
     photos_only = ["--catalog", str(root / "images" / "*.jpg")]
-    codes = [run(photos_only + common + ["--dims", "8", "--version-id", "a"]),
-             run(photos_only + common + ["--dims", "8", "--version-id", "b", "--full"]),
-             run(photos_only + common + ["--dims", "8", "--version-id", "c"])]
+    codes = [run(photos_only + common + ["--dims", "4", "--version-id", "a"]),
+             run(photos_only + common + ["--dims", "4", "--version-id", "b", "--full"]),
+             run(photos_only + common + ["--dims", "4", "--version-id", "c"])]
     noise = np.random.default_rng(0)
     write_files(str(root / "more"), {
         f"{name}-noise.png": encode(noise.integers(0, 256, photo.shape, np.uint8), "PNG")
@@ -149,7 +149,7 @@ def projected_builds(tmp_path_factory, photos, model_cache):
         patch.setattr(projection, "MIN_DRIFT_ITEMS", 1)
         patch.setattr("transforms.projection.MIN_DRIFT_ITEMS", 1)
         codes.append(run(["--catalog", str(root / "*" / "*")] + common
-                         + ["--dims", "8", "--version-id", "d"]))
+                         + ["--dims", "4", "--version-id", "d"]))
     codes.append(run(photos_only + common + ["--dims", "0", "--version-id", "raw", "--full",
                              "--max-count-drop", "0.5"]))
     return root, output, codes
@@ -169,15 +169,15 @@ def test_a_projected_build_indexes_narrow_vectors_and_queries_project_alike(proj
     assert codes == [0, 0, 0, 0, 0]
     index = PublishedIndex.open(output, version="a")
     entry = index.manifest["projection"]
-    assert entry["file"] == PROJECTION_FILE and entry["dims"] == 8 == index.dimension
+    assert entry["file"] == PROJECTION_FILE and entry["dims"] == 4 == index.dimension
     assert entry["sample_size"] == len(index) and entry["label_column"] is None
     assert 0 < entry["explained_variance"] < 1
-    assert entry["settings"] == {"dims": 8, "label_column": None}
+    assert entry["settings"] == {"dims": 4, "label_column": None}
     assert entry["origin"] == {"fitted": "sample"}
     with open(_version_file(output, "a", PROJECTION_FILE), "rb") as stream:
         assert hashlib.sha256(stream.read()).hexdigest() == entry["sha256"]
     some = next(index.item_ids())
-    assert index.vector(some).shape == (8,)
+    assert index.vector(some).shape == (4,)
     # a photo finds itself first: the query went through the same projection
     for name in ("coffee", "chelsea", "rocket"):
         image = open(os.path.join(root, "images", f"{name}.jpg"), "rb").read()
@@ -250,7 +250,7 @@ def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_b
 
     with open(os.path.join(copy, "LATEST"), "w") as stream:
         stream.write("a\n")
-    assert run(["--catalog", str(root / "images" / "*.jpg"), "--output", copy, "--dims", "8",
+    assert run(["--catalog", str(root / "images" / "*.jpg"), "--output", copy, "--dims", "4",
                 "--num-shards", "2"]) == 2
     message = capsys.readouterr().err.strip().splitlines()
     assert message == [f"catalog-index build: error: version a: cannot use its projection "
@@ -263,7 +263,8 @@ def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_b
 @pytest.fixture(scope="module")
 def labelled_builds(tmp_path_factory, model_cache):
     """Fashion-MNIST products, 40 of each class, a category on every other one: built with
-    --dims 0 (raw), then with default options on top of it, then with --dims 0 again."""
+    --dims 0 (raw), then with --dims 64 (400 items: enough for 64 dimensions, not for the
+    default 256) on top of it, then with --dims 0 again."""
     from PIL import Image
 
     from pipelines.build_index import run
@@ -282,30 +283,30 @@ def labelled_builds(tmp_path_factory, model_cache):
     output = str(root / "index")
     common = ["--catalog", str(root / "catalog.csv"), "--output", output, "--num-shards", "1"]
     codes = [run(common + ["--dims", "0", "--version-id", "raw"]),
-             run(common + ["--version-id", "default"]),
+             run(common + ["--dims", "64", "--version-id", "projected"]),
              run(common + ["--dims", "0", "--version-id", "raw-again"])]
     return output, truth, codes
 
 
 def test_labels_lift_the_precision_of_items_without_one(labelled_builds):
     """The issue's claim at a small scale, on real product images: the items WITHOUT a
-    category find more of their own class through query_item with default options (PCA +
-    LDA from the other half's categories) than with the model's raw vectors."""
+    category find more of their own class through query_item with a projection (PCA + LDA
+    from the other half's categories) than with the model's raw vectors."""
     from search.index import PublishedIndex
 
     output, truth, codes = labelled_builds
     assert codes[:2] == [0, 0]
     precision = {}
-    for version in ("raw", "default"):
+    for version in ("raw", "projected"):
         index = PublishedIndex.open(output, version=version)
         queries = [item for item in sorted(truth) if
                    not index.item(item)["category"]]
         assert len(queries) == 200
         precision[version] = np.mean([truth[hit.item_id] == truth[item] for item in queries
                                       for hit in index.query_item(item, k=10)])
-    entry = PublishedIndex.open(output, version="default").manifest["projection"]
-    assert (entry["pca_dims"], entry["lda_dims"], entry["label_column"]) == (256, 9, "category")
-    assert precision["default"] >= precision["raw"] + 0.03, precision
+    entry = PublishedIndex.open(output, version="projected").manifest["projection"]
+    assert (entry["pca_dims"], entry["lda_dims"], entry["label_column"]) == (64, 9, "category")
+    assert precision["projected"] >= precision["raw"] + 0.03, precision
 
 
 def test_the_gate_refuses_a_version_whose_labels_lose_precision(labelled_builds, capsys):
@@ -313,14 +314,14 @@ def test_the_gate_refuses_a_version_whose_labels_lose_precision(labelled_builds,
     to raw vectors loses what the LDA part gave, and the gate says so."""
     output, _, codes = labelled_builds
     quality = {version: _manifest(output, version)["quality"]
-               for version in ("raw", "default", "raw-again")}
+               for version in ("raw", "projected", "raw-again")}
     assert quality["raw"]["label_column"] == "category"
     assert quality["raw"]["label_queries"] == 200
-    assert quality["default"]["label_p_at_10"] > quality["raw"]["label_p_at_10"] + 0.05
+    assert quality["projected"]["label_p_at_10"] > quality["raw"]["label_p_at_10"] + 0.05
     assert quality["raw-again"]["label_p_at_10"] == quality["raw"]["label_p_at_10"]
     assert codes[2] == 1  # not published
     gate = {check["check"]: check for check in
             _manifest(output, "raw-again")["validation"]["gate"]}
     assert not gate["label_precision"]["passed"]
     assert gate["label_precision"]["value"] == round(
-        quality["raw"]["label_p_at_10"] - quality["default"]["label_p_at_10"], 6)
+        quality["raw"]["label_p_at_10"] - quality["projected"]["label_p_at_10"], 6)

@@ -70,9 +70,9 @@ def test_merged_shard_results_equal_exact_search(built):
     vectors = np.asarray([row["vector"] for row in rows], dtype=np.float32)
     assert len(index.shards) == 3 and all(shard.annoy.get_n_items() for shard in index.shards)
     exhaustive = len(ids) * 64
-    # the index holds them projected; a model vector given to the reader is projected alike
-    assert index.projection is not None and index.dimension < vectors.shape[1]
-    space = index.projection.apply(vectors)
+    # the index holds the model's vectors: too few items to learn a projection from
+    assert index.projection is None and index.dimension == vectors.shape[1]
+    space = vectors
     for query in range(0, len(ids), 7):
         scores = space @ space[query]
         exact = [ids[i] for i in np.argsort(-scores, kind="stable")[:10]]

@@ -36,7 +36,8 @@ MAX_SAMPLE = 20_000  # items the projection is fitted on (their vectors as float
 class LearnProjection(beam.PTransform):
     """embedded items -> one (Projection or None, how it came: a dict for the manifest).
 
-    ``dims`` 0: None. ``start`` None: fitted to ``dims`` dimensions (PCA, plus LDA from
+    ``dims`` 0, or fewer than ``MIN_ITEMS_PER_DIM * dims`` items to fit on: None (the
+    index keeps the model's vectors). ``start`` None: fitted to ``dims`` dimensions (PCA, plus LDA from
     ``label_column`` where items have one). ``start`` given: kept, or with ``refit_on_drift``
     fitted again when tonight's items drift from it."""
 
@@ -78,8 +79,8 @@ class LearnProjection(beam.PTransform):
                 origin = {"fitted": "drift", "drift": drift}
             else:
                 origin = {"fitted": "sample"}
-            if not dims or len(sample) < 2:
-                return None, origin
+            if not dims or len(sample) < projection.MIN_ITEMS_PER_DIM * dims:
+                return None, origin  # too few items to learn from: the model's vectors
             labels = [label for _, _, label in sample] if label_column else None
             return projection.fit(stacked(sample), dims, labels, label_column), origin
 
