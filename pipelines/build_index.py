@@ -172,7 +172,8 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="rebuild a version folder that already exists (e.g. after a crashed "
                 "build); without it an existing version is an error")
     option("model", default=DEFAULT_MODEL,
-           help="efficientnet_lite0 (default), a .keras file, a SavedModel / TF Hub folder "
+           help="efficientnet_lite0 (default), efficientnet_lite1 (240 px), "
+                "efficientnet_lite2 (260 px), a .keras file, a SavedModel / TF Hub folder "
                 "(local or gs://), or hub:HANDLE")
     option("runtime", choices=RUNTIMES, default="auto",
            help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")

@@ -1,7 +1,8 @@
-"""models/: the offline EfficientNet-Lite0, preprocessing, labels, captions, TFLite."""
+"""models/: the offline EfficientNet-Lite0/1/2, preprocessing, labels, captions, TFLite."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
@@ -9,9 +10,11 @@ import socket
 import numpy as np
 import pytest
 
+from models import efficientnet_lite
 from models import preprocessing as pp
 from models.captioner import LabelColorCaptioner, dominant_colors
 from models.labels import imagenet_class_names
+from catalog_index.storage import sha256_of_file
 from models.loader import LITE0_PREPROCESSING, ModelLoadError, load_model
 from tests.real_images import decode_edge_cases, encode
 
@@ -56,6 +59,47 @@ def test_coffee_is_espresso_and_cat_is_a_cat(keras_model, photos):
     assert any("cat" in label for label in top_labels(cat, 3))
     norms = np.linalg.norm(output.embeddings, axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, input_size, params", [
+    ("efficientnet_lite1", 240, 5_416_680), ("efficientnet_lite2", 260, 6_092_072)])
+def test_larger_lite_models_see_espresso_and_a_cat_on_keras_and_tflite(
+        keras_model, model_cache, photos, name, input_size, params):
+    keras_lite = load_model(name, runtime="keras", cache_dir=model_cache)
+    tflite_lite = load_model(name, runtime="tflite", cache_dir=model_cache)
+    info = keras_lite.info.to_manifest()
+    assert info["name"] == name and info["input_size"] == input_size
+    assert info["embedding_dim"] == 1280 and info["preprocessing"]["offset"] == -127 / 128
+    assert info["fingerprint"] not in (keras_model.info.fingerprint, "")
+    assert tflite_lite.info.fingerprint == info["fingerprint"]
+    assert sum(np.prod(w.shape) for w in keras_lite.model.weights
+               if "moving" not in w.path) == params  # trainable params of the TF reference's
+    pixels = np.stack([pp.preprocess_image(encode(photos[photo]), keras_lite.info.preprocessing)
+                       .pixels for photo in ("coffee", "chelsea")])
+    assert pixels.shape[1:] == (input_size, input_size, 3)
+    keras_out, tflite_out = keras_lite.predict(pixels), tflite_lite.predict(pixels)
+    for output in (keras_out, tflite_out):
+        coffee, cat = output.probabilities
+        assert top_labels(coffee, 1) == ["espresso"]
+        assert "cat" in top_labels(cat, 1)[0]
+    assert np.sum(keras_out.embeddings * tflite_out.embeddings, axis=1).min() >= 0.9999
+
+
+def test_lite_stage_tables_follow_the_reference_scaling():
+    """Depth scales the inner stages (ceil), never the first and last: 16 and 21 blocks."""
+    repeats = {name: [r for r, _ in variant.stages]
+               for name, variant in efficientnet_lite.VARIANTS.items()}
+    assert repeats == {"efficientnet_lite0": [1, 2, 2, 3, 3, 4, 1],
+                       "efficientnet_lite1": [1, 3, 3, 4, 4, 5, 1],
+                       "efficientnet_lite2": [1, 3, 3, 4, 4, 5, 1]}
+
+
+def test_lite0_fingerprint_is_the_one_indexes_were_built_with():
+    """The zoo changed the builder's code, not Lite0's graph: its fingerprint stays, so
+    published indexes keep answering queries."""
+    path = efficientnet_lite.weights_path()
+    before_the_zoo = hashlib.sha256(f"{sha256_of_file(path)}:lite0-keras-v1".encode())
+    assert efficientnet_lite.cache_key(path) == before_the_zoo.hexdigest()
 
 
 @pytest.mark.parametrize("name, words", [
@@ -234,8 +278,9 @@ def test_a_savedmodel_folder_loads_with_its_sidecar(keras_model, tmp_path, photo
 
 
 def test_unknown_model_is_a_clear_error(model_cache):
-    with pytest.raises(ModelLoadError, match="unknown model"):
+    with pytest.raises(ModelLoadError, match="unknown model") as raised:
         load_model("resnet9000", cache_dir=model_cache)
+    assert "efficientnet_lite2" in str(raised.value) and "\n" not in str(raised.value)
 
 
 def test_tflite_pool_is_safe_to_call_from_many_threads(model_cache, photos):
