@@ -81,6 +81,12 @@ class UsageError(Exception):
 
 
 class _OneLineParser(argparse.ArgumentParser):
+    """Errors are one line; no flag is taken for a prefix of another (Beam's --project
+    would otherwise be refused as ambiguous with --projection-from)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
     def error(self, message):
         raise UsageError(message)
 
