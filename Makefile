@@ -5,11 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install sample-data browser demo test check-dag clean
+.PHONY: install sample-data browser emulator demo test check-dag clean
 
-$(STAMP): setup.py
+# Annoy first, compiled with portable flags (native/install_annoy.sh says why); the
+# project's install then finds the pinned version in place.
+$(STAMP): setup.py native/install_annoy.sh
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip wheel
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	sh native/install_annoy.sh $(PY)
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
@@ -40,9 +43,10 @@ check-dag: $(AIRFLOW_STAMP)
 	$(AIRFLOW_VENV)/bin/python $(SCHEDULE_CHECKS)/check_dag.py
 
 # Debian packages, installed when missing and this machine can (root with apt-get):
-# real labelled product images (Fashion-MNIST) for the demo and benchmarks, and Chromium to
-# render report.html in the tests. Without them the demo uses other real photos and the
-# browser test is skipped.
+# real labelled product images (Fashion-MNIST) for the demo and benchmarks, Chromium to
+# render report.html in the tests, and QEMU's user-mode emulator, which runs a shard build
+# on an emulated CPU of another kind (tests/test_native.py). Without them the demo uses
+# other real photos and those tests are skipped.
 APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	(apt-get install -y -q $(1) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
 	 apt-get install -y -q $(1) >/dev/null 2>&1)) || echo "note: could not install $(1)"; fi
@@ -53,11 +57,14 @@ sample-data:
 browser:
 	@command -v chromium >/dev/null || { $(call APT_INSTALL,chromium); }
 
+emulator:
+	@command -v qemu-x86_64 >/dev/null || { $(call APT_INSTALL,qemu-user); }
+
 demo: install sample-data
 	rm -rf out
 	$(PY) -m pipelines.demo --output out --limit 2000
 
-test: install sample-data browser check-dag
+test: install sample-data browser emulator check-dag
 	$(PY) -m pytest
 
 clean:

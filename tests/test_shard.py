@@ -4,6 +4,7 @@ and come back sorted; the files equal what the in-memory stage of before wrote."
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -19,17 +20,22 @@ DIMENSION = 1280
 # Python; commit cf76230) for synthetic_items() as shard 2 of 4: Annoy 1.17.3, 16 trees,
 # seed 42. The Parquet files of that run had these digests with pyarrow 25.0.1; the
 # Parquet files changed once since, by design, with schema 2: the metadata file gained
-# caption_source and caption_confidence, and both files' schemas say schema_version 2. The
-# .ann file did not change.
+# caption_source and caption_confidence, and both files' schemas say schema_version 2.
 # The Parquet files as of schema 4: their Arrow metadata names the schema version (schema
 # 3's were d671f7b1... and b5190978...; schema 2's embeddings 45017235..., before
 # source_stamp).
+# Pinned again when Annoy came to be compiled with portable flags (native/install_annoy.sh):
+# the .ann digest of before (5d3bf439...) was that of an extension compiled with
+# -march=native -ffast-math on one CPU, and AVX-512 CPUs wrote 9fc24a98.... The vectors
+# are now made unit length with an exact sum (unit()), so the embeddings file changed too
+# (98b0a186... before). These digests hold on every x86-64 CPU: tests/test_native.py
+# checks the .ann one on an emulated CPU of another kind.
 BEFORE = {"index/shard-00002-of-00004.ann":
-          "5d3bf439435f447d87326532e67ed8eca834a86c1e496591b541177488caa326",
+          "cb5a108186046911cf48432711d2a12540c3573510bc77707f1fda3834501f30",
           "metadata/part-00002-of-00004.parquet":
           "7c9c5d2847238fc6234175150864203b270957177e5dd762d40875114425138b",
           "embeddings/part-00002-of-00004.parquet":
-          "98b0a1860bccef5b89d4fb5f2936622751633e17b315389c11ab9a60877a612a"}
+          "3b8e94d478c8786867fb1817dc678d67adaa7329b576109a3335a5a9d0d90564"}
 
 
 def synthetic_items(count=300, dimension=DIMENSION, seed=7):
@@ -37,8 +43,7 @@ def synthetic_items(count=300, dimension=DIMENSION, seed=7):
     rng = np.random.default_rng(seed)
     items = []
     for n in rng.permutation(count):
-        vector = rng.standard_normal(dimension).astype(np.float32)
-        vector /= np.linalg.norm(vector)
+        vector = unit(rng.standard_normal(dimension).astype(np.float32))
         items.append({"item_id": f"sku-{n:04d}", "image_uri": f"/images/{n}.jpg",
                       "passthrough": {"title": f"Product {n}" if n % 3 else None,
                                       "category": "shoes"},
@@ -49,6 +54,13 @@ def synthetic_items(count=300, dimension=DIMENSION, seed=7):
                                  {"label": "clog", "score": 0.25}],
                       "colors": [{"name": "red", "fraction": 0.75}]})
     return items
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    """``vector`` scaled to unit length with the same float32 bits on every CPU: an exact
+    sum (NumPy's norm goes through BLAS, whose kernels sum in another order on each CPU)."""
+    norm = math.sqrt(math.fsum(float(value) ** 2 for value in vector))
+    return (vector / np.float32(norm)).astype(np.float32)
 
 
 class OnceOnly:
