@@ -22,6 +22,7 @@ import hashlib
 import os
 import posixpath
 import re
+from typing import Optional
 
 import pyarrow as pa
 
@@ -86,8 +87,10 @@ EMBEDDINGS_SCHEMA = pa.schema([
 ], metadata=_SCHEMA_METADATA)
 
 # One row per item that differs from the previous published version: added, removed,
-# image_changed (other image bytes) or metadata_changed (same image, other metadata).
-CHANGES = ("added", "removed", "image_changed", "metadata_changed")
+# image_changed (other image bytes), metadata_changed (same image, other metadata), or
+# vector_changed (nothing else changed, but the index space did: a refitted projection, say,
+# so its vector in the index is another; the manifest's index.space_changed says so too).
+CHANGES = ("added", "removed", "image_changed", "metadata_changed", "vector_changed")
 CHANGES_SCHEMA = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),
     pa.field("change", pa.string(), nullable=False),
@@ -168,6 +171,14 @@ def changes_file(shard: int, num_shards: int) -> str:
 
 
 ERRORS_PREFIX = "errors/part"
+
+
+def index_space(model_fingerprint: str, projection_sha256: Optional[str]) -> str:
+    """The id of the space the Annoy files' vectors are in: the model's, projected by the
+    projection file with this sha256 (None: not projected). Two versions whose vectors can
+    be compared with each other have the same id (manifest ``index.space``)."""
+    text = f"{model_fingerprint}:{projection_sha256 or 'none'}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def shard_of(item_id: str, num_shards: int) -> int:

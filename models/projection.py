@@ -101,17 +101,58 @@ class Projection:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Projection":
-        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            if int(stored["format"]) != FILE_FORMAT:
-                raise ValueError(f"projection file format {int(stored['format'])}, this "
-                                 f"reader understands {FILE_FORMAT}")
-            return cls(mean=stored["mean"].astype(np.float32),
-                       pca=stored["pca"].astype(np.float32),
-                       lda=stored["lda"].astype(np.float32),
-                       explained_variance=float(stored["explained_variance"]),
-                       sample_size=int(stored["sample_size"]),
-                       label_column=str(stored["label_column"]) or None,
-                       lda_weight=float(stored["lda_weight"]))
+        """Read and check a projection file. Raises ValueError, saying what is wrong, for a
+        file that is not one (truncated, another format) and for one that is not usable:
+        values that are not finite, shapes that do not fit, weights out of range, or
+        components that collapse the vectors (fewer independent directions than
+        dimensions)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                missing = [name for name in _ARRAYS if name not in stored.files]
+                arrays = {name: stored[name] for name in _ARRAYS if name in stored.files}
+        except Exception as error:  # zipfile, EOF, a pickle refused: not an .npz at all
+            raise ValueError(f"not a projection file: it does not open as an .npz archive "
+                             f"({type(error).__name__})") from None
+        if missing:
+            raise ValueError(f"not a projection file: it has no {', '.join(missing)}")
+        if arrays["format"].shape != () or int(arrays["format"]) != FILE_FORMAT:
+            raise ValueError(f"projection file format {arrays['format']}, this reader "
+                             f"understands {FILE_FORMAT}")
+        try:
+            projection = cls(mean=arrays["mean"].astype(np.float32),
+                             pca=arrays["pca"].astype(np.float32),
+                             lda=arrays["lda"].astype(np.float32),
+                             explained_variance=float(arrays["explained_variance"]),
+                             sample_size=int(arrays["sample_size"]),
+                             label_column=str(arrays["label_column"]) or None,
+                             lda_weight=float(arrays["lda_weight"]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"not a projection file ({error})") from None
+        projection.check()
+        return projection
+
+    def check(self) -> None:
+        """Raise ValueError unless this projection can map vectors to a space that ranks."""
+        if self.mean.ndim != 1 or self.pca.ndim != 2 or self.lda.ndim != 2 or \
+                self.pca.shape[0] != self.input_dim or self.lda.shape[0] != self.input_dim:
+            raise ValueError(f"shapes do not fit: mean {self.mean.shape}, pca "
+                             f"{self.pca.shape}, lda {self.lda.shape}")
+        if self.pca.shape[1] < 1:
+            raise ValueError("no PCA component")
+        for name in ("mean", "pca", "lda"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise ValueError(f"its {name} holds values that are not finite")
+        if not (0.0 <= self.lda_weight < 1.0) or (self.lda_weight and not self.lda.shape[1]):
+            raise ValueError(f"lda_weight {self.lda_weight} (0 without an LDA part, else "
+                             "at least 0 and below 1)")
+        if not (0.0 <= self.explained_variance <= 1.0) or self.sample_size < 0:
+            raise ValueError(f"explained_variance {self.explained_variance}, sample_size "
+                             f"{self.sample_size}")
+        for name in ("pca", "lda"):
+            components = getattr(self, name).astype(np.float64)
+            if components.shape[1] and _rank(components) < components.shape[1]:
+                raise ValueError(f"it collapses the vectors: its {components.shape[1]} {name} "
+                                 f"components span {_rank(components)} dimensions")
 
     def summary(self) -> dict:
         """What the manifest says of it."""
@@ -120,6 +161,16 @@ class Projection:
                 "label_column": self.label_column, "lda_weight": self.lda_weight,
                 "sample_size": self.sample_size,
                 "explained_variance": round(self.explained_variance, 6)}
+
+
+_ARRAYS = ("format", "mean", "pca", "lda", "explained_variance", "sample_size", "label_column",
+           "lda_weight")
+
+
+def _rank(components: np.ndarray) -> int:
+    """The number of independent directions among the columns (numerical rank)."""
+    values = np.linalg.svd(components, compute_uv=False)
+    return int(np.sum(values > max(float(values.max(initial=0.0)), 1e-30) * 1e-6))
 
 
 def label_of(value) -> Optional[str]:

@@ -35,8 +35,8 @@ from apache_beam.runners.runner import PipelineState
 from catalog_index import storage
 from catalog_index.progress import ProgressReporter
 from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION, InvalidVersionId,
-                                  check_version_file, check_version_id, join, passthrough_name,
-                                  version_dir)
+                                  check_version_file, check_version_id, index_space, join,
+                                  passthrough_name, version_dir)
 from models.captioner import LabelColorCaptioner
 from models.loader import (DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model,
                            runtime_for)
@@ -353,7 +353,8 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     embedded = decoded.items | "Embed" >> Embed(handler)
     captioned = embedded["items"] | "Caption" >> Caption(class_names=model_info.class_names)
     items = captioned.items  # reused items come through every stage untouched
-    previous_files = previous and {key: previous[key] for key in ("version_dir", "shards")}
+    previous_files = previous and {key: previous[key]
+                                   for key in ("version_dir", "shards", "space")}
     caption_model = items | "LearnCaptions" >> LearnCaptions(
         build["text_columns"], args.caption_method, previous=previous_files)
 
@@ -488,7 +489,8 @@ def projection_start(projection_from: Optional[str], settings: dict,
     """The projection given by the user; else, in an incremental build, the published
     version's, when it was fitted with the same settings; else none (fit a new one)."""
     if projection_from:
-        given = read_projection(projection_from, "--projection-from")
+        given = read_projection(projection_from, f"--projection-from {projection_from}",
+                                "give another, or leave --projection-from out to fit one")
         if given.input_dim != embedding_dim:
             raise UsageError(f"--projection-from {projection_from}: it projects "
                              f"{given.input_dim}-d vectors, the model's are {embedding_dim}-d")
@@ -502,9 +504,10 @@ def projection_start(projection_from: Optional[str], settings: dict,
                            refit_on_drift=True)
 
 
-def read_projection(path: str, what: str) -> Projection:
+def read_projection(path: str, what: str, instead: str = "build with --full to fit a new "
+                    "one") -> Projection:
     """A projection .npz file, or a version folder's projection (checked against the
-    sha256 its manifest gives). Raises UsageError."""
+    sha256 its manifest gives). Raises UsageError, saying what to do ``instead``."""
     try:
         if path.endswith(".npz"):
             return Projection.from_bytes(storage.read_bytes(path))
@@ -516,9 +519,8 @@ def read_projection(path: str, what: str) -> Projection:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ValueError(f"{entry['file']} does not match the sha256 in its manifest")
         return Projection.from_bytes(data)
-    except (OSError, ValueError, KeyError, TypeError, InvalidVersionId) as error:
-        raise UsageError(f"{what}: cannot use its projection ({error}); build with --full "
-                         "to fit a new one") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidVersionId) as error:
+        raise UsageError(f"{what}: cannot use its projection ({error}); {instead}") from None
 
 
 def choose_label_column(requested: Optional[str], passthrough) -> Optional[str]:
@@ -591,6 +593,9 @@ def previous_version_summary(output_root: str, latest_version: Optional[str]) ->
             raise ValueError("shards out of order")
         return {"version_id": manifest["version_id"], "indexed": manifest["counts"]["indexed"],
                 "model_fingerprint": manifest["model"]["fingerprint"],
+                "space": manifest["index"].get("space") or index_space(
+                    manifest["model"]["fingerprint"],
+                    (manifest.get("projection") or {}).get("sha256")),
                 "embedding_dim": manifest["model"]["embedding_dim"],
                 "version_dir": folder, "shards": shards,
                 "schema_version": manifest.get("schema_version"),

@@ -115,7 +115,11 @@ class PublishedIndex:
             from models.projection import Projection
 
             with open(os.path.join(local_dir, manifest["projection"]["file"]), "rb") as stream:
-                self.projection = Projection.from_bytes(stream.read())
+                try:
+                    self.projection = Projection.from_bytes(stream.read())
+                except ValueError as error:
+                    raise IndexIntegrityError(
+                        f"{manifest['projection']['file']}: {error}") from None
             if self.projection.dims != self.dimension:
                 raise IndexIntegrityError(f"{manifest['projection']['file']}: "
                                           f"{self.projection.dims} dimensions, the index has "

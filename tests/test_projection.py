@@ -325,3 +325,117 @@ def test_the_gate_refuses_a_version_whose_labels_lose_precision(labelled_builds,
     assert not gate["label_precision"]["passed"]
     assert gate["label_precision"]["value"] == round(
         quality["raw"]["label_p_at_10"] - quality["projected"]["label_p_at_10"], 6)
+
+
+def test_a_night_that_loses_the_label_column_is_not_published(labelled_builds, capsys):
+    """The catalog's export dropped its category column: the projection would lose its LDA
+    part and the gate its label precision. A gate that cannot run says so, and a lost
+    label column is a drop like any other: not published, LATEST unchanged."""
+    from pipelines.build_index import run
+
+    output, truth, _ = labelled_builds
+    root = os.path.dirname(output)
+    rows = open(os.path.join(root, "catalog.csv")).read().splitlines()[1:]
+    (open(os.path.join(root, "no-category.csv"), "w")
+     .write("item_id,image_uri\n" + "\n".join(",".join(row.split(",")[:2]) for row in rows)))
+    latest = open(os.path.join(output, "LATEST")).read()
+    capsys.readouterr()
+    assert run(["--catalog", os.path.join(root, "no-category.csv"), "--output", output,
+                "--num-shards", "1", "--dims", "64", "--version-id", "no-labels"]) == 1
+    err = capsys.readouterr().err
+    assert "P@10 of the category labels cannot be measured (the catalog has no label " \
+           "column" in err and "--max-precision-drop 1" in err, err
+    assert open(os.path.join(output, "LATEST")).read() == latest
+    quality = _manifest(output, "no-labels")["quality"]
+    assert quality["label_p_at_10"] is None and quality["label_column"] is None
+
+
+def _crafted_projection(output, version, kind):
+    """A projection file that opens (finite, full rank, shapes right) but whose space cannot
+    serve: ``far`` has a mean so far away that every vector lands on the same direction,
+    ``line`` maps the vectors onto one axis (every pair scores +1 or -1)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    vectors = np.concatenate([np.stack(pq.read_table(path).column("vector").to_pylist())
+                              for path in sorted(glob.glob(_version_file(
+                                  output, version, "embeddings/*.parquet")))])
+    good = projection.fit(vectors, 16)
+    if kind == "far":
+        far = np.zeros(vectors.shape[1], np.float32)
+        far[0] = 1e4
+        crafted = dataclasses.replace(good, mean=far)
+    else:
+        crafted = dataclasses.replace(good, pca=good.pca[:, :1])
+    crafted.check()  # it passes every check a file gets when it is opened
+    return crafted.to_bytes()
+
+
+@pytest.mark.parametrize("kind, check, says", [
+    ("far", "space_ranks", "the index space cannot rank"),
+    ("line", "space_ranks", "the index space cannot rank")])
+def test_a_projection_whose_space_cannot_rank_is_not_published_on_a_fresh_root(
+        labelled_builds, tmp_path, kind, check, says, capsys):
+    """No earlier version to compare with: the gate still notices a space in which the
+    nearest items do not stand out (every hit scores the same), or one that has lost the
+    catalog's neighbourhoods, and publishes nothing."""
+    from pipelines.build_index import run
+
+    output, _, _ = labelled_builds
+    crafted = tmp_path / f"{kind}.npz"
+    crafted.write_bytes(_crafted_projection(output, "projected", kind))
+    fresh = str(tmp_path / "fresh")
+    capsys.readouterr()
+    assert run(["--catalog", os.path.join(os.path.dirname(output), "catalog.csv"), "--output",
+                fresh, "--num-shards", "1", "--projection-from", str(crafted),
+                "--version-id", "crafted"]) == 1
+    err = capsys.readouterr().err
+    assert "not published" in err and says in err, err
+    assert not os.path.exists(os.path.join(fresh, "LATEST"))
+    gate = {entry["check"]: entry for entry in
+            _manifest(fresh, "crafted")["validation"]["gate"]}
+    assert not gate[check]["passed"]
+
+
+def _broken_projections(tmp_path, good: bytes):
+    """Files --projection-from may be given that are not a usable projection."""
+    fitted = projection.Projection.from_bytes(good)
+    missing = io.BytesIO()
+    np.savez(missing, format=np.array(1), mean=fitted.mean)
+    files = {"truncated.npz": good[: len(good) // 2], "empty.npz": b"",
+             "text.npz": b"item_id,image_uri\n", "missing-arrays.npz": missing.getvalue(),
+             "zeros.npz": dataclasses.replace(fitted, pca=np.zeros_like(fitted.pca)).to_bytes(),
+             "one-direction.npz": dataclasses.replace(
+                 fitted, pca=np.repeat(fitted.pca[:, :1], fitted.pca.shape[1], axis=1)).to_bytes(),
+             "nan.npz": dataclasses.replace(
+                 fitted, mean=np.full_like(fitted.mean, np.nan)).to_bytes(),
+             "weight.npz": dataclasses.replace(fitted, lda_weight=1.5).to_bytes(),
+             "other-width.npz": projection.fit(np.eye(40, 32, dtype=np.float32), 4).to_bytes()}
+    paths = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        paths[name] = str(tmp_path / name)
+    (tmp_path / "not-a-version").mkdir()
+    paths["not-a-version"] = str(tmp_path / "not-a-version")
+    (tmp_path / "list-manifest").mkdir()
+    (tmp_path / "list-manifest" / "manifest.json").write_text("[1, 2]")
+    paths["list-manifest"] = str(tmp_path / "list-manifest")
+    return paths
+
+
+def test_a_broken_projection_file_is_one_line_and_nothing_is_written(labelled_builds, tmp_path,
+                                                                     capsys):
+    from pipelines.build_index import run
+
+    output, _, _ = labelled_builds
+    good = open(_version_file(output, "projected", "projection/projection.npz"), "rb").read()
+    catalog = os.path.join(os.path.dirname(output), "catalog.csv")
+    for name, path in _broken_projections(tmp_path, good).items():
+        fresh = str(tmp_path / f"out-{name}")
+        capsys.readouterr()
+        assert run(["--catalog", catalog, "--output", fresh, "--projection-from", path]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            f"catalog-index build: error: --projection-from {path}: "), (name, err)
+        assert "Traceback" not in err[0] and not os.path.exists(os.path.join(fresh, "versions"))

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from catalog_index import ann
 from catalog_index.schema import version_dir
@@ -59,10 +60,62 @@ def test_gate_checks_label_precision_against_the_published_version():
                                 before)) == []
     assert failing(quality_gate(quality, {**THRESHOLDS, "max_precision_drop": 0.1}, MODEL,
                                 before)) == []
-    # another label column, or none measured before: nothing to compare
-    for other in ({"label_column": "brand", "label_p_at_10": 0.99}, {}):
-        checks = quality_gate(quality, THRESHOLDS, MODEL, {**PREVIOUS, "quality": other})
-        assert "label_precision" not in [check["check"] for check in checks]
+    # none measured before: nothing to compare with, and the check says so
+    checks = quality_gate(quality, THRESHOLDS, MODEL, {**PREVIOUS, "quality": {}})
+    found = next(check for check in checks if check["check"] == "label_precision")
+    assert found["passed"] and "nothing measured before" in found["message"]
+
+
+@pytest.mark.parametrize("tonight, why", [
+    ({"label_column": None, "label_p_at_10": None,
+      "label_not_measured": "the catalog has no label column (--label-column; by default "
+                            "category)"}, "the catalog has no label column"),
+    ({"label_column": "category", "label_p_at_10": None,
+      "label_not_measured": "no two items of a shard have a category label"},
+     "no two items of a shard have a category label"),
+    ({"label_column": "brand", "label_p_at_10": 0.99}, "it was measured on brand, not category"),
+])
+def test_a_night_that_cannot_measure_the_published_labels_is_a_drop(tonight, why):
+    """The catalog lost its label column, the column is empty, or another one is named: the
+    published version's P@10 cannot be compared, and that is a drop to 0, not a pass."""
+    quality = {"ann_recall_at_10": 0.97, "recall_queries": 1000, "failure_rate": 0.01,
+               "indexed_change": 0.0, **tonight}
+    before = {**PREVIOUS, "quality": {"label_column": "category", "label_p_at_10": 0.724}}
+    checks = quality_gate(quality, THRESHOLDS, MODEL, before)
+    assert failing(checks) == ["label_precision"]
+    found = next(check for check in checks if check["check"] == "label_precision")
+    assert found["value"] == -0.724 and why in found["message"]
+    assert "--max-precision-drop 1" in found["message"]
+    assert failing(quality_gate(quality, {**THRESHOLDS, "max_precision_drop": 1.0}, MODEL,
+                                before)) == []
+
+
+def test_a_gate_that_cannot_run_says_so():
+    quality = {"ann_recall_at_10": 0.97, "recall_queries": 1000, "failure_rate": 0.01,
+               "label_column": None, "label_p_at_10": None,
+               "label_not_measured": "the catalog has no label column"}
+    found = next(check for check in quality_gate(quality, THRESHOLDS, MODEL, None)
+                 if check["check"] == "label_precision")
+    assert found["passed"] and found["value"] is None
+    assert found["message"] == "label precision not measured: the catalog has no label column"
+
+
+def test_passing_checks_say_what_passed_and_failing_ones_what_failed():
+    good = {"ann_recall_at_10": 0.997, "recall_queries": 1000, "failure_rate": 0.0,
+            "indexed_change": 0.01, "ranked_share": 1.0, "rank_queries": 1000}
+    messages = {check["check"]: check["message"]
+                for check in quality_gate(good, THRESHOLDS, MODEL, PREVIOUS)}
+    assert messages["ann_recall_at_10"] == "Annoy recall@10 0.997 reaches the 0.950 target " \
+                                           "(1,000 queries)"
+    assert not any("below" in text or "more than" in text or "fewer" in text
+                   for text in messages.values()), messages
+    bad = {**good, "ann_recall_at_10": 0.9, "failure_rate": 0.2, "indexed_change": -0.5,
+           "ranked_share": 0.0}
+    messages = {check["check"]: check["message"]
+                for check in quality_gate(bad, THRESHOLDS, MODEL, PREVIOUS)}
+    assert "is below the 0.950 target" in messages["ann_recall_at_10"]
+    assert "more than the 5.0% allowed" in messages["failure_rate"]
+    assert "cannot rank" in messages["space_ranks"]
 
 
 def test_label_hits_count_neighbours_that_share_the_label():
@@ -79,6 +132,29 @@ def test_label_hits_count_neighbours_that_share_the_label():
     asked, judged, hits = ann.label_hits(index, shuffled, range(400), search_k=-1)
     assert asked == 200 and 0.15 < hits / judged < 0.35  # 1 in 4 by chance
     assert ann.label_hits(index, [None] * 400, range(400), search_k=-1) == (0, 0, 0)
+
+
+def test_the_ranking_and_kept_neighbours_of_a_space():
+    """A space ranks a query when its nearest stand out from a typical item: collapsed
+    vectors (all zero, all one direction) rank none; a projection keeps a share of the
+    model space's neighbourhoods: most for PCA, next to none for one onto 2 random axes."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(600, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = list(range(0, 600, 3))
+    assert ann.tune_shard(vectors, 8, 42, 0.95, 200).ranked == 200
+    for collapsed in (np.zeros_like(vectors), np.repeat(vectors[:1], 600, axis=0)):
+        tuned = ann.tune_shard(collapsed, 8, 42, 0.95, 200)
+        assert (tuned.ranked, tuned.judged) == (0, 200)
+    kept, judged = ann.neighbours_kept(vectors, vectors @ np.linalg.qr(
+        rng.normal(size=(64, 48)))[0], queries)
+    assert judged == 2000 and kept / judged > 0.5
+    kept, _ = ann.neighbours_kept(vectors, vectors @ rng.normal(size=(64, 2)), queries)
+    assert kept / judged < 0.1
+    gate = {check["check"]: check for check in quality_gate(
+        {"ann_recall_at_10": 1.0, "recall_queries": 200, "failure_rate": 0.0,
+         "neighbours_kept": kept / judged}, THRESHOLDS, MODEL, None)}
+    assert not gate["neighbours_kept"]["passed"]
 
 
 def test_exact_neighbours_match_a_plain_sort():

@@ -1,8 +1,10 @@
 """What changed in a shard since the previous published version: the ``changes/`` file.
 
 An item is ``added`` (indexed now, not then), ``removed`` (then, not now),
-``image_changed`` (other image bytes) or ``metadata_changed`` (the same image, and some
-other metadata value: its URI, a catalog column, its caption). Annoy ids and shard numbers
+``image_changed`` (other image bytes), ``metadata_changed`` (the same image, and some
+other metadata value: its URI, a catalog column, its caption), or, when the index space
+changed (a projection fitted again), ``vector_changed`` (nothing else changed, but its
+vector in the index is another). Annoy ids and shard numbers
 are positions, not item data: they are not compared. Each shard compares its own items
 with the previous version's items of the same shard number under the new shard count, so
 no stage ever holds the whole catalog.
@@ -49,9 +51,10 @@ def _same(old: dict, new: dict) -> bool:
 
 
 def shard_changes(previous: Optional[dict], shard: int, num_shards: int,
-                  metadata_path: str) -> list:
+                  metadata_path: str, space_changed: bool = False) -> list:
     """[(item_id, change)] sorted by item_id, for the shard whose new metadata file is at
-    ``metadata_path``; with no previous version, every item is added."""
+    ``metadata_path``; with no previous version, every item is added. ``space_changed``:
+    the index space is not the previous version's, so every item's vector changed."""
     now = _rows_by_id(pq.read_table(metadata_path))
     before = previous_rows(previous, shard, num_shards) if previous else {}
     changes = []
@@ -65,6 +68,8 @@ def shard_changes(previous: Optional[dict], shard: int, num_shards: int,
             changes.append((item_id, "image_changed"))
         elif not _same(old, new):
             changes.append((item_id, "metadata_changed"))
+        elif space_changed:
+            changes.append((item_id, "vector_changed"))
     return changes
 
 

@@ -13,6 +13,7 @@ only its vectors, which the Annoy build needs, are ever held in memory together.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -27,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog_index import ann, storage
-from catalog_index.schema import (changes_file, embeddings_file, index_file, join,
-                                  metadata_file, metadata_schema, shard_of)
+from catalog_index.schema import (changes_file, embeddings_file, index_file, index_space,
+                                  join, metadata_file, metadata_schema, shard_of)
 from catalog_index.storage import sha256_of_file
 from models import caption_transfer
 from models.projection import label_of
@@ -45,6 +46,7 @@ from transforms.write_metadata import write_embeddings_parquet, write_metadata_p
 # every query cheaper (docs/operations.md).
 DEFAULT_MAX_ITEMS_PER_SHARD = 10_000
 LABEL_QUERIES = 2000  # labelled items of a build whose neighbours' labels the gate checks
+PROJECTION_QUERIES = 500  # items whose neighbours the gate checks a projection keeps
 SPILL_ROWS = 4096  # rows buffered as Python objects before they go to the spill file
 VECTOR = "__vector"  # the spill's column of float32 bytes; no catalog column is named so
 METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "caption_source",
@@ -180,7 +182,7 @@ class BuildShard(beam.DoFn):
                  seed: int, target_recall: float, model_fingerprint: str, text_columns=(),
                  previous: Optional[dict] = None, label_column: Optional[str] = None):
         self.version_dir, self.dimension = version_dir, dimension
-        # The previous published version, for changes/: {version_dir, shards}.
+        # The previous published version, for changes/: {version_dir, shards, space}.
         self.previous = previous
         self.passthrough_columns = list(passthrough_columns)
         self.text_columns = [c for c in text_columns if c in self.passthrough_columns]
@@ -214,14 +216,20 @@ class BuildShard(beam.DoFn):
             write_embeddings_parquet(table, vectors, self.model_fingerprint,
                                      local["embeddings_file"])
             reused = pc.sum(table.column("reused")).as_py() or 0
+            space = index_space(self.model_fingerprint, projection and hashlib.sha256(
+                projection.to_bytes()).hexdigest())
             changes = write_changes_parquet(shard_changes(
-                self.previous, shard, num_shards, local["metadata_file"]),
+                self.previous, shard, num_shards, local["metadata_file"],
+                space_changed=bool(self.previous) and self.previous.get("space") != space),
                 local["changes_file"])
             indexed = vectors if projection is None else projection.apply(vectors)
             tuned = ann.tune_shard(indexed, self.n_trees, self.seed, self.target_recall,
                                    ann.queries_per_shard(num_shards),
                                    hint=self.previous_search_k(shard, num_shards))
             dimension = indexed.shape[1]
+            kept, kept_of = (0, 0) if projection is None else ann.neighbours_kept(
+                vectors, indexed, ann.query_sample(len(vectors), ann.queries_per_shard(
+                    num_shards, PROJECTION_QUERIES)))
             label_queries, label_judged, label_hits = self.label_precision(
                 tuned, table, ann.queries_per_shard(num_shards, LABEL_QUERIES))
             del vectors, table, indexed
@@ -236,6 +244,8 @@ class BuildShard(beam.DoFn):
                        "dimension": dimension,
                        "n_trees": tuned.n_trees, "search_k": tuned.search_k,
                        "recall_at_10": round(tuned.recall, 6), "recall_queries": tuned.queries,
+                       "ranked": tuned.ranked, "rank_judged": tuned.judged,
+                       "neighbours_kept": kept, "neighbours_judged": kept_of,
                        "label_queries": label_queries, "label_judged": label_judged,
                        "label_hits": label_hits}
             with ThreadPoolExecutor(len(files)) as pool:  # side by side: one slow upload
