@@ -142,13 +142,13 @@ def projected_builds(tmp_path_factory, photos, model_cache):
              run(photos_only + common + ["--dims", "4", "--version-id", "b", "--full"]),
              run(photos_only + common + ["--dims", "4", "--version-id", "c"])]
     noise = np.random.default_rng(0)
-    write_files(str(root / "more"), {
+    write_files(str(root / "images"), {
         f"{name}-noise.png": encode(noise.integers(0, 256, photo.shape, np.uint8), "PNG")
         for name, photo in photos.items()})
     with pytest.MonkeyPatch.context() as patch:  # a test catalog has fewer new items
         patch.setattr(projection, "MIN_DRIFT_ITEMS", 1)
         patch.setattr("transforms.projection.MIN_DRIFT_ITEMS", 1)
-        codes.append(run(["--catalog", str(root / "*" / "*")] + common
+        codes.append(run(["--catalog", str(root / "images" / "*")] + common
                          + ["--dims", "4", "--version-id", "d"]))
     codes.append(run(photos_only + common + ["--dims", "0", "--version-id", "raw", "--full",
                              "--max-count-drop", "0.5"]))
@@ -226,6 +226,33 @@ def test_a_nightly_build_keeps_the_published_projection_until_new_items_drift(
     assert d["origin"]["drift"]["items"] == photos
     assert d["origin"]["drift"]["ratio"] > projection.DRIFT_THRESHOLD
     assert d["sample_size"] == 2 * photos and d["sha256"] != c["sha256"]
+
+
+def test_a_changed_space_shows_in_changes_and_the_manifest(projected_builds):
+    """A refit on drift gives every item another vector: a consumer who follows changes/
+    must learn it, or it mixes two vector spaces. Each otherwise unchanged item is listed as
+    vector_changed, and the manifest says the space changed; a carried projection does
+    not change it."""
+    from search.index import PublishedIndex
+
+    _, output, codes = projected_builds
+    assert codes[:4] == [0, 0, 0, 0]
+    spaces = {version: _manifest(output, version)["index"] for version in "bcd"}
+    assert spaces["c"]["space"] == spaces["b"]["space"] and spaces["c"]["space_changed"] is False
+    assert spaces["d"]["space"] != spaces["c"]["space"] and spaces["d"]["space_changed"] is True
+    changes = PublishedIndex.open(output, version="d").changes().to_pylist()
+    kinds = {row["change"] for row in changes}
+    photos = _manifest(output, "c")["counts"]["indexed"]
+    assert sorted(row["item_id"] for row in changes if row["change"] == "vector_changed") == \
+        sorted(PublishedIndex.open(output, version="c").item_ids())
+    assert kinds == {"added", "vector_changed"} and len(changes) == 2 * photos
+    counts = _manifest(output, "d")["counts"]
+    assert (counts["added"], counts["vector_changed"]) == (photos, photos)
+    gate = {check["check"]: check for check in _manifest(output, "d")["validation"]["gate"]}
+    assert gate["index_space"]["passed"] and "changed since version c" in \
+        gate["index_space"]["message"]
+    assert not any(row["change"] == "vector_changed" for row in
+                   PublishedIndex.open(output, version="c").changes().to_pylist())
 
 
 def test_a_projection_file_that_differs_from_the_manifest_is_refused(projected_builds,
