@@ -13,6 +13,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -24,7 +25,7 @@ from catalog_index import report_html
 from catalog_index.report_html import SampleItem, SampleQuery, render, verdict
 from catalog_index.schema import version_dir
 from pipelines.build_index import run
-from pipelines.demo import FASHION_CLASSES, load_fashion_mnist
+from pipelines.demo import FASHION_CLASSES, load_fashion_mnist, next_steps
 from search import PublishedIndex
 from transforms.report import NEIGHBOURS, SAMPLE_QUERIES
 
@@ -288,3 +289,25 @@ def test_report_in_chromium_fills_a_wide_window_and_folds_in_a_narrow_one(built,
     screenshot = tmp_path / "report.png"
     chromium(tmp_path, "--window-size=1400,2400", f"--screenshot={screenshot}", f"file://{path}")
     assert screenshot.stat().st_size > 50_000  # a real picture, not a blank page
+
+
+def test_the_demo_says_where_the_report_is_and_its_queries_run(built):
+    output, manifest, path = built
+    catalog = os.path.join(os.path.dirname(output), "catalog.csv")
+    with open(catalog, newline="") as stream:
+        first = next(row for row in csv.DictReader(stream) if row["category"])
+    lines = next_steps(output, catalog, first)
+    assert lines[0] == f"report: {path}  (open it in a browser)"
+    commands = [shlex.split(line) for line in lines[2:]]
+    assert [command[command.index("query") + 3] for command in commands] == [
+        "--image", "--item-id", "--text"]
+    assert commands[2][-1] == first["category"].lower() == "t-shirt/top"
+    for command in commands:
+        result = subprocess.run(command + ["-k", "1", "--json"], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        (hit,) = json.loads(result.stdout)
+        if "--text" in command:
+            assert hit["category"] == "T-shirt/top"
+        else:  # the first item's own image finds it; by item, it is left out
+            assert (hit["item_id"] == first["item_id"]) == ("--image" in command)
