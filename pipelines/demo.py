@@ -1,4 +1,5 @@
-"""``make demo``: write a sample catalog of real product images, build it, query it once.
+"""``make demo``: write a sample catalog of real product images, build it, query it once,
+and say where the version's report.html is and how to query it.
 
 Fashion-MNIST (Debian package dataset-fashion-mnist) gives real, labelled product photos;
 where it is not installed, the real photos shipped with scikit-image stand in.
@@ -10,6 +11,7 @@ import argparse
 import csv
 import gzip
 import os
+import shlex
 import sys
 
 import numpy as np
@@ -86,7 +88,29 @@ def main(argv=None) -> int:
     print(f"\nnearest neighbours of {first['item_id']} ({first['title']}):")
     for score, row in nearest_neighbours(args.output, first["item_id"]):
         print(f"  {score:6.3f}  {row['item_id']:<14} {row['title']:<22} caption: {row['caption']}")
+    print()
+    print("\n".join(next_steps(args.output, catalog, first)))
     return 0
+
+
+def next_steps(output_root: str, catalog: str, first: dict) -> list:
+    """Where the published version's report.html is, and queries to copy and paste: by
+    image, by item and by text, against ``output_root``."""
+    from catalog_index.schema import version_dir
+    from search.index import PublishedIndex
+
+    version = PublishedIndex.open(output_root).version_id
+    report = os.path.join(version_dir(output_root, version), "report.html")
+    command = os.path.join(os.path.dirname(sys.executable), "catalog-index")
+    command = os.path.relpath(command) if os.path.exists(command) else \
+        f"{sys.executable} -m pipelines.cli"
+    query = f"{command} query --index {shlex.quote(output_root)}"
+    image = os.path.join(os.path.dirname(catalog), first["image_uri"])
+    return [f"report: {report}  (open it in a browser)",
+            "query it (by image, by item, by text):",
+            f"  {query} --image {shlex.quote(image)}",
+            f"  {query} --item-id {shlex.quote(first['item_id'])}",
+            f"  {query} --text {shlex.quote(first['category'].lower())}"]
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Report: report.json and report.html for the version, before it is published (or not).
 
 Sample queries run against the version's own shards, through the same reader search teams
-use, and show each sample item's top-5 neighbours as thumbnails.
+use, and show each sample item's top-5 neighbours as thumbnails with their title, category
+and caption.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from catalog_index import storage
-from catalog_index.report_html import SampleQuery, render, thumbnail_data_uri
+from catalog_index.report_html import SampleItem, SampleQuery, render, thumbnail_data_uri
 from catalog_index.schema import ERRORS_PREFIX, REPORT_FILE, join, shard_suffix
 
 SAMPLE_QUERIES = 6
 NEIGHBOURS = 5
 EXAMPLES_PER_REASON = 3
 THUMBNAIL_READS = 16  # images read at once for the sample queries' thumbnails
+# The column shown as an item's category: the label column the quality figures judged
+# (--label-column), else this one.
+DEFAULT_CATEGORY_COLUMN = "category"
 
 
 def report_from_manifest(manifest: dict) -> dict:
@@ -51,15 +55,15 @@ def _thumbnail(row: dict):
         return None
 
 
-def caption_line(row: dict) -> str:
-    """The caption, where it came from and how sure it is: "gray coat (learned, 0.82)"."""
-    source = row.get("caption_source")
-    if not source:
-        return row.get("caption") or ""
-    return f"{row.get('caption') or ''} ({source}, {row.get('caption_confidence') or 0:.2f})"
+def sample_item(row: dict, label_column: str, thumbnail, score=None) -> SampleItem:
+    """A metadata row as the page shows it: its title, its category (the label column's
+    value), its caption and where the caption came from."""
+    return SampleItem(row["item_id"], row.get("title"), row.get(label_column),
+                      row.get("caption"), row.get("caption_source"),
+                      row.get("caption_confidence"), thumbnail, score)
 
 
-def sample_queries(index) -> list:
+def sample_queries(index, label_column: str = DEFAULT_CATEGORY_COLUMN) -> list:
     """A fixed handful of items (by hash of item_id) and their nearest neighbours."""
     chosen = heapq.nsmallest(SAMPLE_QUERIES, index.item_ids(),
                              key=lambda item: hashlib.sha256(item.encode()).hexdigest())
@@ -70,9 +74,9 @@ def sample_queries(index) -> list:
         thumbnails = iter(list(pool.map(_thumbnail, rows)))
     samples = []
     for row, hits in queries:
-        thumbnail = next(thumbnails)
-        samples.append(SampleQuery(row["item_id"], caption_line(row), thumbnail, [
-            (hit.item_id, hit.score, caption_line(hit.metadata), next(thumbnails))
+        query = sample_item(row, label_column, next(thumbnails))
+        samples.append(SampleQuery(query, [
+            sample_item(hit.metadata, label_column, next(thumbnails), hit.score)
             for hit in hits]))
     return samples
 
@@ -88,7 +92,8 @@ class _WriteReport(beam.DoFn):
         if manifest["counts"]["indexed"]:
             with tempfile.TemporaryDirectory() as cache:
                 index = PublishedIndex.from_manifest(self.output_root, manifest, cache_dir=cache)
-                samples = sample_queries(index)
+                samples = sample_queries(index, manifest["quality"].get("label_column")
+                                         or DEFAULT_CATEGORY_COLUMN)
         page = render(manifest, error_groups(self.version_dir), samples)
         storage.write_text(join(self.version_dir, "report.html"), page)
         storage.write_text(join(self.version_dir, REPORT_FILE),

@@ -22,6 +22,8 @@ setting of the caller's environment removed, so no Airflow Variable or Connectio
 3. cloud_scheduler.sh, run with a fake gcloud: the same parameter check, the same schedule.
 4. Self-test: on copies of dataflow_templates/, the checks above must fail for a parameter
    renamed in metadata.json only, a Variable read at parse time, and a deprecated argument.
+   What they report on those copies is printed as expected ("self-test: ... caught as
+   expected"), not as problems of the real folder.
 """
 
 from __future__ import annotations
@@ -293,19 +295,28 @@ SELF_TESTS = [  # what is broken, how, words the check must say
 ]
 
 
-def self_test(templates: str) -> list[str]:
-    """What the checks failed to catch on broken copies of the folder; [] if they caught all."""
+def self_test(templates: str, say=print) -> list[str]:
+    """What the checks failed to catch on broken copies of the folder; [] if they caught all.
+
+    Each copy is broken on purpose, so every problem found on it is expected, and the lines
+    say so: they must not read as errors of the real folder."""
     missed = []
+    say(f"self-test: {len(SELF_TESTS)} copies of dataflow_templates/ broken on purpose; "
+        "the checks must catch each break")
     for what, breaks, says in SELF_TESTS:
         with tempfile.TemporaryDirectory() as folder:
             broken = os.path.join(folder, "dataflow_templates")
             shutil.copytree(templates, broken, ignore=shutil.ignore_patterns("__pycache__"))
             breaks(broken)
             found = check(broken)
-        print(f"  self-test, {what}: {'caught' if any(says in p for p in found) else 'MISSED'}")
-        for problem in found:
-            print(f"    {problem}")
-        if not any(says in problem for problem in found):
+        if any(says in problem for problem in found):
+            say(f"self-test: {what}: caught as expected")
+            for problem in found:
+                say(f"  self-test, expected on the broken copy: {problem}")
+        else:
+            say(f"self-test: {what}: MISSED (no problem says {says!r})")
+            for problem in found:
+                say(f"  self-test, reported on the broken copy instead: {problem}")
             missed.append(f"self-test: {what} was not caught (no problem says {says!r})")
     return missed
 
@@ -322,7 +333,7 @@ def main(argv: list[str]) -> int:
         for problem in problems:
             print(f"check-dag: {problem}")
         checked = time.monotonic()
-        problems += self_test(templates)
+        problems += self_test(templates, say=lambda line: print(f"check-dag: {line}"))
     finally:
         shutil.rmtree(airflow_home, ignore_errors=True)
     done = time.monotonic()
