@@ -3,10 +3,13 @@ built once at build time and stored in ``text/`` (checksummed in the manifest), 
 opening a version never re-tokenizes the catalog. Beam-free: the build and the reader share
 it.
 
-Analyzer (:func:`analyze`, the same for documents and queries): Unicode folded to ASCII
-("Café" -> "cafe"), lower case, letters joined across hyphens and apostrophes ("T-shirt"
--> "tshirt", so "t-shirts" finds "T-shirt/top" and not "Shirt"), split on anything else,
-English stop words dropped, and Snowball-stemmed ("trousers" -> "trouser").
+Analyzer (:func:`catalog_index.analyzer.analyze`, the same for documents and queries, in
+every script): NFKC-normalized and casefolded, letters joined across hyphens and apostrophes
+("T-shirt" -> "tshirt", so "t-shirts" finds "T-shirt/top" and not "Shirt"), split into
+words of any script, accents stripped where the script allows ("Café" -> "cafe"; not
+"й"), stemmed by the Snowball stemmer of the word's script ("trousers" -> "trouser",
+"платья" -> "плат"; English stop words dropped), and scripts written without spaces cut
+into characters and pairs of characters ("连衣裙" -> "连", "衣", "裙", "连衣", "衣裙").
 
 Fields: BM25 has one field, so fields are weighted the usual BM25F way, by repeating a
 field's terms: ``title`` counts 3 times, ``category`` twice, the caption and other text
@@ -21,15 +24,13 @@ Document ids run over the shards in order: shard s's item with Annoy id a is doc
 
 from __future__ import annotations
 
-import functools
 import os
-import re
-import unicodedata
 from typing import Dict, List, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from catalog_index.analyzer import analyze
 from catalog_index.schema import METADATA_FIELDS
 
 TEXT_DIR = "text"
@@ -40,29 +41,6 @@ _NOT_TEXT = {field.name for field in METADATA_FIELDS} - set(TEXT_FIELDS)
 
 # How many times a field's terms count; columns not named here count once.
 FIELD_WEIGHTS = {"title": 3, "category": 2}
-_JOINED = re.compile(r"(?<=[a-z0-9])['\u2019-](?=[a-z0-9])")
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-@functools.lru_cache(maxsize=1)
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-@functools.lru_cache(maxsize=1)
-def _stopwords() -> frozenset:
-    from bm25s.stopwords import STOPWORDS_EN
-
-    return frozenset(STOPWORDS_EN)
-
-
-def analyze(text: str) -> List[str]:
-    """The terms of a text, as documents and queries are indexed (see the module's doc)."""
-    folded = unicodedata.normalize("NFKD", text or "").encode("ascii", "ignore").decode()
-    words = _TOKEN.findall(_JOINED.sub("", folded.lower()))
-    return _stemmer().stemWords([word for word in words if word not in _stopwords()])
 
 
 def text_columns(schema: pa.Schema) -> List[str]:
