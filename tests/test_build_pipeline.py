@@ -240,6 +240,59 @@ def test_read_catalog_dedupes_jsonl(tmp_path):
         assert_that(out["input_count"], equal_to([3]), label="count")
 
 
+# Values a reader could take for a missing value, a number or a boolean: each is a string.
+AS_WRITTEN = ["NA", "null", "NULL", "N/A", "n/a", "nan", "NaN", "-nan", "None", "#N/A", "1.#IND",
+              "", " ", "007", "1e5", "1.50", "TRUE", "false", "0x1F", "  padded  ", "-0",
+              "2026-12-02", "'quoted'", 'say "hi"', "a,b", "line\nbreak", "\u00e9t\u00e9",
+              "=SUM(A1)", "\t"]
+
+
+def test_every_csv_value_is_kept_exactly_as_written(tmp_path):
+    """ARCHITECTURE.md: catalog values are kept exactly as written, never guessed. A CSV field
+    that reads like a missing value ("NA", "null", "N/A", "nan", empty), a number or a boolean
+    is that string, in item_id too (an item "NA" is an item, not a row without an id)."""
+    import csv
+
+    catalog = tmp_path / "c.csv"
+    with open(catalog, "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["item_id", "image_uri", "title", "size"])
+        for n, value in enumerate(AS_WRITTEN):
+            writer.writerow([value if value.strip() else f"blank-{n}", f"/x/{n}.jpg", value,
+                             AS_WRITTEN[-1 - n]])
+    with BeamTestPipeline() as pipeline:
+        out = pipeline | ReadCatalog(str(catalog))
+        assert_that(out["items"] | beam.Map(lambda i: (i["item_id"], i["passthrough"]["title"],
+                                                        i["passthrough"]["size"])),
+                    equal_to([(value if value.strip() else f"blank-{n}", value,
+                               AS_WRITTEN[-1 - n]) for n, value in enumerate(AS_WRITTEN)]),
+                    label="items")
+        assert_that(out["errors"], equal_to([]), label="errors")
+
+
+def test_json_lines_values_keep_their_spelling_and_every_key_is_a_column(tmp_path):
+    """A JSON number is written out as the catalog wrote it ("1.50", "1e3", not 1.5, 1000.0),
+    true/false as JSON spells them, and a key that only later rows have is a column too."""
+    from transforms.read_catalog import catalog_columns
+
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text("\n".join([
+        '{"item_id": "a", "image_uri": "/x/1.jpg", "price": 1.50, "stock": 7}',
+        '{"item_id": "b", "image_uri": "/x/2.jpg", "price": 1e3, "in_stock": true}',
+        '{"item_id": 0012, "image_uri": "/x/3.jpg", "brand": "NA", "price": -0}'
+        .replace("0012", "12")]) + "\n")
+    assert catalog_columns(str(catalog)) == ["brand", "in_stock", "price", "stock"]
+    with BeamTestPipeline() as pipeline:
+        out = pipeline | ReadCatalog(str(catalog))
+        assert_that(out["items"] | beam.Map(lambda i: (i["item_id"], i["passthrough"])),
+                    equal_to([("a", {"brand": None, "in_stock": None, "price": "1.50",
+                                     "stock": "7"}),
+                              ("b", {"brand": None, "in_stock": "true", "price": "1e3",
+                                     "stock": None}),
+                              ("12", {"brand": "NA", "in_stock": None, "price": "-0",
+                                      "stock": None})]))
+
+
 def test_read_catalog_reports_bad_json_lines_with_their_line_number(tmp_path):
     catalog = tmp_path / "c.jsonl"
     catalog.write_text("\n".join([

@@ -1,7 +1,10 @@
 """ReadCatalog: a glob of image files, or a CSV / JSON Lines / Parquet catalog, as item rows.
 
 An item row is ``{"item_id", "image_uri", "row", "passthrough": {column: str}}``, every value
-as written in the catalog (CSV columns are read as strings, never type-guessed). Rows whose
+as written in the catalog: CSV fields are read as strings, never type-guessed, and never
+taken for a missing value ("NA", "null", "N/A", "nan" and an empty field are the strings
+they are); JSON numbers keep their spelling ("1.50" stays "1.50"), and true/false/null
+are JSON's; a Parquet catalog's typed values are written out (booleans as true/false). Rows whose
 item_id or image_uri is missing, empty or only whitespace are dead letters (stage ``read``);
 of several rows with one item_id, the first in catalog order is kept and the others are dead
 letters with stage ``dedupe``, counted as duplicates.
@@ -81,10 +84,13 @@ def _open_table_batches(path: str, fmt: str):
     if fmt == "parquet":
         yield from pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=10_000)
     elif fmt == "csv":
-        # Every column is read as written: "007" stays "007", never the number 7.
+        # Every column is read as written: "007" stays "007", never the number 7, and "NA",
+        # "null" or an empty field stay strings, never a missing value (an item_id "NA" is
+        # an item). A CSV has no missing value other than the empty string.
         names = _csv_header(path)
         options = pyarrow.csv.ConvertOptions(
-            column_types={name: pyarrow.string() for name in names}, strings_can_be_null=True)
+            column_types={name: pyarrow.string() for name in names}, strings_can_be_null=False,
+            quoted_strings_can_be_null=False)
         reader = pyarrow.csv.open_csv(stream, convert_options=options,
                                       read_options=pyarrow.csv.ReadOptions(
                                           block_size=CSV_BLOCK_BYTES))
@@ -105,7 +111,8 @@ def _json_lines(path: str):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, parse_float=_JSONNumber.float, parse_int=_JSONNumber.int,
+                                 parse_constant=_JSONNumber.float)
             except ValueError as error:
                 yield number, BadLine(f"line {number}: not valid JSON ({error.msg} at "
                                       f"column {error.colno})")
@@ -158,9 +165,12 @@ def _catalog_header(source: str, fmt: str):
         with _open(source) as stream:
             metadata = pyarrow.parquet.ParquetFile(stream).metadata
             return metadata.schema.to_arrow_schema().names, metadata.num_rows > 0
-    if fmt == "json":  # the first object's keys
-        first = next((row for _, row in _json_lines(source) if isinstance(row, dict)), None)
-        return list(first or {}), first is not None
+    if fmt == "json":  # every key of every object, in the order they first appear
+        names = {}
+        for _, row in _json_lines(source):
+            if isinstance(row, dict):
+                names.update(dict.fromkeys(row))
+        return list(names), bool(names)
     first = next((batch for batch in _open_table_batches(source, fmt) if batch.num_rows), None)
     return _csv_header(source), first is not None
 
@@ -215,9 +225,32 @@ def check_header(source: str, names) -> list:
     return passthrough
 
 
+class _JSONNumber:
+    """A JSON Lines number that remembers how it was written: its text is the catalog's
+    value ("1.50", "1e3"), not Python's rendering of it (1.5, 1000.0)."""
+
+    class float(float):  # noqa: A001 (a float, with the literal beside it)
+        def __new__(cls, literal: str):
+            number = super().__new__(cls, literal)
+            number.literal = literal
+            return number
+
+    class int(int):  # noqa: A001
+        def __new__(cls, literal: str):
+            number = super().__new__(cls, literal)
+            number.literal = literal
+            return number
+
+
 def _as_text(value):
+    """A catalog value as the metadata's string: as written where the catalog has text (CSV,
+    a JSON string or number), else its JSON spelling (true, false, objects and lists)."""
     if value is None or isinstance(value, str):
         return value
+    if hasattr(value, "literal"):
+        return value.literal
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) \
         else str(value)
 
