@@ -127,12 +127,33 @@ def _version_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _boolean(text: str) -> bool:
-    """``--flag``, ``--flag=true`` and ``--flag=false`` (Flex Templates pass a value)."""
-    lowered = str(text).lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
-    return lowered in ("true", "1", "yes")
+# Switches: ``--full`` on its own, or with a value (``--full=false``, ``--full true``), as a
+# Flex Template or a scheduler passes every parameter.
+SWITCHES = ("replace", "allow-model-change", "full", "no-wait")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def switches_without_values(argv: List[str]) -> List[str]:
+    """``argv`` with each switch's value (``--full=true``, ``--full false``) resolved: the
+    bare switch when true, nothing when false. Raises UsageError for another value."""
+    spellings = {f"--{name}" for name in SWITCHES} | \
+        {f"--{name.replace('-', '_')}" for name in SWITCHES}
+    result, args = [], iter(enumerate(argv))
+    for position, arg in args:
+        name, equals, value = arg.partition("=")
+        if name not in spellings:
+            result.append(arg)
+            continue
+        if not equals and position + 1 < len(argv) and \
+                argv[position + 1].lower() in _TRUE + _FALSE:
+            value = next(args)[1]
+        elif not equals:
+            value = "true"
+        if value.lower() not in _TRUE + _FALSE:
+            raise UsageError(f"argument {name}: {value!r} is not true or false")
+        if value.lower() in _TRUE:
+            result.append(name)
+    return result
 
 
 def _dimensions(text: str) -> int:
@@ -174,7 +195,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            "while it builds its index, about 30 KB an item)")
     option("version-id", metavar="ID", default=None, type=_version_id,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
-    option("replace", type=_boolean, nargs="?", const=True, default=False,
+    option("replace", action="store_true",
            help="rebuild a version folder that already exists (e.g. after a crashed "
                 "build); without it an existing version is an error")
     option("model", default=DEFAULT_MODEL,
@@ -206,7 +227,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="quality gate: largest fall in P@10 of the --label-column labels (how often "
                 "an item's 10 nearest share its label) against the published version "
                 "(default 0.05)")
-    option("allow-model-change", type=_boolean, nargs="?", const=True, default=False,
+    option("allow-model-change", action="store_true",
            help="quality gate: publish even if the model or embedding dimension differs "
                 "from the published version's")
     option("precision", choices=PRECISIONS, default="float32",
@@ -217,7 +238,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
     option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
-    option("full", type=_boolean, nargs="?", const=True, default=False,
+    option("full", action="store_true",
            help="embed every image again, even those whose bytes the published version "
                 "already embedded (by default, a build reuses them when that version was "
                 "built with the same model and settings)")
@@ -226,10 +247,11 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
                 + ", those the catalog has)")
     option("dims", type=_dimensions, default=DEFAULT_DIMS, metavar="N",
-           help="project the vectors in the Annoy index to N dimensions, learned from the "
-                f"catalog (PCA, plus LDA from --label-column; default {DEFAULT_DIMS}); 0 "
-                "keeps the model's own width. A nightly build keeps the published "
-                "version's projection unless its new items drift from it; --full fits anew")
+           help="project the vectors in the Annoy index to N dimensions learned from the "
+                f"catalog (PCA; default {DEFAULT_DIMS}), plus one fewer than the number of "
+                "labels of --label-column (LDA: 256 + 9 = 265 for 10 categories); 0 keeps "
+                "the model's own width. A nightly build keeps the published version's "
+                "projection unless its new items drift from it; --full fits anew")
     option("label-column", default=None, metavar="NAME",
            help="with --dims, a catalog column of categories that the projection learns "
                 "to separate (default: category, when the catalog has it; '' for none)")
@@ -244,19 +266,18 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def parse_args(argv: List[str]):
     """-> (build options namespace, Beam PipelineOptions). Raises UsageError."""
-    parser = _OneLineParser(prog="catalog-index build", description=__doc__,
+    parser = _OneLineParser(prog="catalog-index build", description=__doc__.replace("``", ""),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_build_arguments(parser)
     parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="S",
                         help="print a progress line on stderr every S seconds (default 10)")
-    parser.add_argument("--no-wait", "--no_wait", dest="no_wait", type=_boolean, nargs="?",
-                        const=True, default=False,
+    parser.add_argument("--no-wait", "--no_wait", dest="no_wait", action="store_true",
                         help="submit the job and exit 0 without waiting for its outcome "
                              "(a Flex Template launcher; see docs/operations.md)")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
                              "without it they go to a log file under the temp folder")
-    args, beam_args = parser.parse_known_args(argv)
+    args, beam_args = parser.parse_known_args(switches_without_values(argv))
     runner = import_runner_options(beam_args)
     if args.no_wait and runner in JOBS_END_WITH_CLIENT:
         raise UsageError(f"--no-wait: a job on {runner_name(beam_args)} is cancelled when "

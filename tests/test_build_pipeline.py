@@ -371,3 +371,26 @@ def test_a_build_prints_progress_lines_and_no_library_logs(image_catalog, tmp_pa
     assert not [line for line in lines if not line.startswith("progress:")], lines
     log = os.path.join(tempfile.gettempdir(), "catalog-index", "build-p.log")
     assert os.path.exists(log)
+
+
+def test_build_help_reads_as_plain_text(capsys):
+    """Switches show as switches (not --replace [REPLACE]), no reStructuredText backticks,
+    and --dims says the index can be wider than N (the LDA part)."""
+    with pytest.raises(SystemExit) as exited:
+        run(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for switch in ("--replace", "--full", "--allow-model-change", "--no-wait"):
+        assert f"[{switch}]" in " ".join(out.split()), switch
+    assert "[REPLACE]" not in out and "[FULL]" not in out and "``" not in out
+    assert "256 + 9 = 265" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--full"], True), (["--full=true"], True), (["--full=false"], False),
+    (["--full", "false"], False), (["--full", "--replace=1"], True), ([], False)])
+def test_switches_take_a_value_as_a_template_passes_it(argv, expected):
+    from pipelines.build_index import parse_args
+
+    args, _ = parse_args(["--catalog", "c.csv", "--output", "out"] + argv)
+    assert args.full is expected

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from pipelines.build_index import add_build_arguments, parse_args, plan_build, submit
+from pipelines.build_index import SWITCHES, add_build_arguments, parse_args, plan_build, submit
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(HERE, "dataflow_templates")
@@ -53,7 +53,10 @@ def test_the_pipeline_accepts_each_parameter_as_the_template_passes_it(parameter
     for value in examples()[parameter]["valid"]:
         argv = [arg for arg in REQUIRED if not arg.startswith(f"--{parameter}=")]
         args, _ = parse_args(argv + [f"--{parameter}={value}"])
-        expected = options[parameter].type(value) if options[parameter].type else value
+        if parameter.replace("_", "-") in SWITCHES:  # --full=true, --full=false
+            expected = value.lower() in ("true", "1", "yes")
+        else:
+            expected = options[parameter].type(value) if options[parameter].type else value
         assert getattr(args, parameter) == expected, (parameter, value)
 
 
