@@ -3,6 +3,9 @@ reporter thread prints one line about every 10 seconds while the local build run
 
     progress: 12,345 of 70,000 items (17.6%), 183.2 images/s, 12 failed, ETA 5m15s
 
+Until the first items are done and a second line can measure their rate, the rate is "not
+known yet"; once every item is done, the line says the shards are being built.
+
 Items are done when they are captioned (on their way to a shard), failed at any stage, or
 dropped as duplicates. On a distributed runner the counters live on the workers; the
 runner's own monitoring shows them there (Beam metrics, namespace ``catalog_index``).
@@ -52,14 +55,21 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def progress_line(counts: Dict[str, int], images_per_second: float) -> str:
+def progress_line(counts: Dict[str, int], images_per_second: Optional[float]) -> str:
+    """One line; ``images_per_second`` None while it cannot be measured yet (the first
+    items have only just finished)."""
     total, done = counts.get("read", 0), items_done(counts)
+    if not total:
+        return "progress: reading the catalog"
     failed = sum(count for name, count in counts.items() if name.startswith("failed_"))
-    share = f" ({done / total:.1%})" if total else ""
-    remaining = max(total - done, 0)
-    eta = _duration(remaining / images_per_second) if images_per_second > 0 else "unknown"
-    return (f"progress: {done:,} of {total:,} items{share}, {images_per_second:.1f} images/s, "
-            f"{failed:,} failed, ETA {eta}")
+    rate = "images/s not known yet" if images_per_second is None else \
+        f"{images_per_second:.1f} images/s"
+    line = f"progress: {done:,} of {total:,} items ({done / total:.1%}), {rate}, {failed:,} failed"
+    if done >= total:
+        return line + ", building the shards"
+    if images_per_second:
+        return line + f", ETA {_duration((total - done) / images_per_second)}"
+    return line
 
 
 class ProgressReporter:
@@ -89,7 +99,7 @@ class ProgressReporter:
             done, now = items_done(counts), time.monotonic()
             if self._first is None and done:
                 self._first = (now, done)
-            rate = 0.0
+            rate = None
             if self._final_rate is not None:
                 rate = self._final_rate  # the shards are being built: the rate stays put
             elif self._first is not None and now > self._first[0]:

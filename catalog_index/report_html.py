@@ -131,6 +131,9 @@ GATE_CHECKS = {  # check -> (what it is, how its value and threshold read, how t
                        lambda x: percent(x, signed=True), "≥"),
     "label_precision": ("change in label P@10", lambda x: f"{float(x):+.3f}", "≥"),
     "model_unchanged": ("same model as the previous version", plain, ""),
+    "space_ranks": ("queries whose nearest stand out", percent, "≥"),
+    "neighbours_kept": ("model-space neighbours the projection keeps", percent, "≥"),
+    "index_space": ("index space changed since the previous version", plain, ""),
 }
 
 
@@ -143,42 +146,18 @@ def check_figure(check: dict, key: str) -> str:
     """A check's value or threshold (with how the value must compare to it) in the page's
     style."""
     _, style, compare = GATE_CHECKS.get(check["check"], (None, plain, ""))
+    if check[key] is None:
+        return "n/a"
     figure = style(check[key])
     return f"{compare} {figure}" if key == "threshold" and compare else figure
 
 
 def verdict(check: dict) -> str:
-    """A sentence that says what the check found, true for a pass as for a fail."""
-    name, value, threshold, passed = (check["check"], check["value"], check["threshold"],
-                                      check["passed"])
-    if name == "ann_recall_at_10":
-        return (f"recall@10 {ratio(value)} {'meets' if passed else 'is below'} the "
-                f"{ratio(threshold)} target")
-    if name == "failure_rate":
-        return (f"{percent(value)} of the input failed, "
-                f"{'within' if passed else 'more than'} the {percent(threshold)} allowed")
-    if name == "indexed_change":
-        allowed = percent(-threshold)
-        if passed:
-            return (f"{percent(value, signed=True)} items indexed against the previous version, "
-                    f"within the {allowed} drop allowed")
-        return (f"{percent(-value)} fewer items indexed than the previous version, more than "
-                f"the {allowed} drop allowed")
-    if name == "label_precision":
-        allowed = f"{-float(threshold):.3f}"
-        if passed:
-            return (f"label P@10 moved {float(value):+.3f} against the previous version, "
-                    f"within the {allowed} drop allowed")
-        return (f"label P@10 fell {-float(value):.3f} against the previous version, more than "
-                f"the {allowed} allowed")
-    if name == "model_unchanged":
-        if value:
-            return "the same model and dimension as the previous version"
-        return ("the model changed since the previous version, allowed by "
-                "--allow-model-change" if passed else
-                "the model changed since the previous version")
-    return (f"{plain(value)} against the threshold {plain(threshold)}: "
-            f"{'passed' if passed else 'failed'}")
+    """The sentence the gate wrote for the check (transforms/validate.py): what it found,
+    true for a pass as for a fail."""
+    return check.get("message") or (f"{plain(check['value'])} against the threshold "
+                                    f"{plain(check['threshold'])}: "
+                                    f"{'passed' if check['passed'] else 'failed'}")
 
 
 # --- HTML ------------------------------------------------------------------------------------

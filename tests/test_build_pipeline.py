@@ -351,8 +351,22 @@ def test_embeddings_parquet_keeps_every_vector_in_order_across_row_groups(monkey
     assert {row["model_fingerprint"] for row in rows} == {"fp"}
 
 
-PROGRESS_LINE = re.compile(r"progress: [\d,]+ of [\d,]+ items( \(\d+\.\d%\))?, \d+\.\d images/s, "
-                           r"[\d,]+ failed, ETA (\d+h\d\dm|\d+m\d\ds|unknown)")
+PROGRESS_LINE = re.compile(r"progress: reading the catalog|progress: [\d,]+ of [\d,]+ items "
+                           r"\(\d+\.\d%\), (\d+\.\d images/s|images/s not known yet), "
+                           r"[\d,]+ failed(, ETA (\d+h\d\dm|\d+m\d\ds)|, building the shards)?")
+
+
+def test_a_progress_line_never_shows_a_rate_or_an_eta_it_does_not_know():
+    from catalog_index.progress import progress_line
+
+    assert progress_line({}, None) == "progress: reading the catalog"
+    counts = {"read": 2000, "captioned": 1716}
+    assert progress_line(counts, None) == \
+        "progress: 1,716 of 2,000 items (85.8%), images/s not known yet, 0 failed"
+    assert progress_line(counts, 28.4) == \
+        "progress: 1,716 of 2,000 items (85.8%), 28.4 images/s, 0 failed, ETA 0m10s"
+    assert progress_line({**counts, "captioned": 1990, "failed_decode": 10}, 28.4) == \
+        "progress: 2,000 of 2,000 items (100.0%), 28.4 images/s, 10 failed, building the shards"
 
 
 def test_a_build_prints_progress_lines_and_no_library_logs(image_catalog, tmp_path, capsys):
