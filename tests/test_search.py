@@ -334,6 +334,31 @@ def test_a_fresh_reader_embeds_with_litert_as_the_build_did(built):
         np.testing.assert_allclose(vector, stored[item_id], atol=1e-5)
 
 
+def imported_modules(importtime_stderr: str) -> set:
+    """Top-level names of the modules a ``python -X importtime`` run imported."""
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0]
+            for line in importtime_stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("query", [["--image", "IMAGE"], ["--item-id", "coffee"],
+                                   ["--text", "cat"], ["--item-id", "coffee", "--text", "cup"]])
+def test_the_query_cli_imports_no_tensorflow_and_prints_no_library_logs(built, query):
+    output, _ = built
+    query = [os.path.join(os.path.dirname(output), "images", "coffee.jpg") if arg == "IMAGE"
+             else arg for arg in query]
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cli", "query",
+                           "--index", output, "-k", "3", *query], capture_output=True,
+                          text=True, env=fresh_process_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line for line in done.stderr.splitlines()
+            if not line.startswith("import time:")] == []
+    modules = imported_modules(done.stderr)
+    assert "search" in modules and not modules & {"tensorflow", "keras", "tensorflow_hub"}
+    assert ("ai_edge_litert" in modules) == ("--image" in query)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("score: ") and 2 <= len(lines) <= 4
+
+
 def test_a_version_without_a_query_model_loads_the_builds_model(index_copy, built):
     """Versions built before the model file was written, or of SavedModels."""
     output, _ = built
@@ -396,3 +421,50 @@ def test_a_gs_reader_keeps_working_without_its_version_or_its_cache(built, gcs_b
     storage.delete_tree(f"{root}/versions/v1")
     shutil.rmtree(cache)
     assert answers(reader, output) == answers(index, output)
+
+
+# ------------------------------------------------------------------ the query CLI's edges
+
+def test_cli_no_result_says_so_in_one_line(built, capsys):
+    output, _ = built
+    assert query_cli(["--index", output, "--text", "zeppelin"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("catalog-index query: no results: ")
+    assert "zeppelin" in captured.err and len(captured.err.splitlines()) == 1
+    assert query_cli(["--index", output, "--text", "zeppelin", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "the of and", "?!"])
+def test_cli_refuses_a_text_without_words(built, text, capsys):
+    output, _ = built
+    for extra in ([], ["--item-id", "coffee"]):
+        with pytest.raises(SystemExit) as exit_info:
+            query_cli(["--index", output, "--text", text, *extra])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("catalog-index query: error: --text has no words")
+        assert len(err.splitlines()) == 1
+
+
+def test_cli_says_what_the_score_is(built, capsys):
+    output, _ = built
+    assert query_cli(["--index", output, "--item-id", "coffee", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("score: cosine similarity") and len(lines) == 3
+    assert query_cli(["--index", output, "--text", "cat", "-k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("score: BM25 relevance")
+    assert query_cli(["--index", output, "--item-id", "coffee", "--text", "cup",
+                      "--text-weight", "0.25"]) == 0
+    assert capsys.readouterr().out.startswith("score: 0.75 x cosine similarity + 0.25 x share")
+
+
+def test_help_has_no_restructuredtext():
+    for command in (["query"], ["rollback"], []):
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "``" not in done.stdout and ":data:" not in done.stdout
+        if command == ["query"]:
+            assert "cosine similarity" in done.stdout and "BM25 relevance" in done.stdout
