@@ -10,6 +10,7 @@ catalog-index: one command for the build and the query side.
   catalog-index build --catalog SRC --output ROOT [...]      (see: catalog-index build --help)
   catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
   catalog-index rollback --index ROOT --version ID          (point LATEST at an earlier version)
+  catalog-index prune --index ROOT --keep N [--dry-run]     (delete old versions, safely)
 """
 
 
@@ -22,6 +23,8 @@ def main(argv=None) -> None:
         from search.cli import run
     elif command == "rollback":
         from pipelines.rollback import run
+    elif command == "prune":
+        from pipelines.prune import run
     elif command in ("-h", "--help"):
         print(USAGE.strip())
         sys.exit(0)

@@ -462,7 +462,7 @@ def test_cli_says_what_the_score_is(built, capsys):
 
 
 def test_help_has_no_restructuredtext():
-    for command in (["query"], ["rollback"], []):
+    for command in (["query"], ["prune"], ["rollback"], []):
         done = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--help"],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "``" not in done.stdout and ":data:" not in done.stdout
