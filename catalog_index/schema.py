@@ -12,6 +12,7 @@ Layout::
     <root>/versions/<version_id>/errors/part-00000-of-00001.parquet
     <root>/versions/<version_id>/changes/part-00000-of-00008.parquet
     <root>/versions/<version_id>/text/*                  BM25 text index (catalog_index.text_index)
+    <root>/versions/<version_id>/model/model.tflite      the model query images are embedded with
     <root>/versions/<version_id>/report.json
     <root>/LATEST                                        the published version_id
 """
@@ -35,6 +36,10 @@ ANNOY_METRIC = "angular"
 
 MANIFEST_FILE = "manifest.json"
 PROJECTION_FILE = "projection/projection.npz"
+# The build's model as TFLite, for models that have that form (manifest ``query_model``:
+# file, sha256, bytes, fingerprint; absent in older versions and for SavedModels). Optional,
+# so it needs no schema version of its own: readers that do not know it ignore it.
+QUERY_MODEL_FILE = "model/model.tflite"
 REPORT_FILE = "report.json"
 LATEST_FILE = "LATEST"
 VERSIONS_DIR = "versions"

@@ -321,6 +321,39 @@ def list_files(prefix: str) -> List[str]:
     return sorted(found)
 
 
+def list_folders(prefix: str) -> List[str]:
+    """The names of the folders directly under ``prefix``, sorted (on GCS: the prefixes
+    that objects below it share up to the next "/"); none when it does not exist."""
+    if is_gcs(prefix):
+        bucket, name = split_gcs(prefix)
+        name = name.rstrip("/") + "/" if name.strip("/") else ""
+        pages = gcs_client().list_blobs(bucket, prefix=name, delimiter="/", retry=retry())
+        for _ in pages:  # the prefixes arrive with the pages of objects
+            pass
+        return sorted(folder[len(name):].rstrip("/") for folder in pages.prefixes)
+    try:
+        return sorted(entry.name for entry in os.scandir(prefix)
+                      if entry.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def delete_file(path: str) -> None:
+    """Delete one file or object; one already gone is not an error."""
+    if is_gcs(path):
+        from google.api_core import exceptions
+
+        try:
+            _blob(path).delete(retry=retry())
+        except exceptions.NotFound:
+            pass
+        return
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 def local_stamp(path: str) -> Optional[str]:
     """What a local file's status says of its content, without reading it (None for no
     regular file). Incremental builds re-read a file whose stamp changed; an equal stamp

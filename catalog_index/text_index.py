@@ -136,8 +136,10 @@ class TextIndex:
 
     def search(self, text: str, k: int):
         """-> [(shard, annoy_id, score)], best first, only documents that match."""
+        if not self.size:
+            return []
         terms = [term for term in analyze(text) if term in self.retriever.vocab_dict]
-        if not self.size or not terms:
+        if not terms:
             return []
         ids, scores = self.retriever.retrieve([terms], k=min(k, self.size), show_progress=False)
         found = []

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import queue
+import sys
 import tempfile
 import threading
 import warnings
@@ -38,6 +39,7 @@ import numpy as np
 from catalog_index.storage import atomic_local_write
 from models import efficientnet_lite
 from models.labels import imagenet_class_names
+from models.native_logs import quiet_native_logs
 from models.preprocessing import PreprocessingSpec, normalize
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -127,7 +129,7 @@ class KerasEmbeddingModel(EmbeddingModel):
 
 
 class TFLiteEmbeddingModel(EmbeddingModel):
-    """A small pool of TFLite interpreters over one model file.
+    """A small pool of TFLite interpreters over one model file (or its bytes).
 
     One interpreter must not be called from two threads at once, and one interpreter using
     every core stalls when other work shares those cores: its threads wait for each other
@@ -135,11 +137,15 @@ class TFLiteEmbeddingModel(EmbeddingModel):
     ``cpu_count // threads`` batches run at once, one per interpreter. With all cores for
     one interpreter (the default) a single caller gets the lowest latency; with one thread
     each, several callers (Beam worker threads) share the cores without stalls.
+
+    The interpreter is TensorFlow's in a process that has imported TensorFlow (the build),
+    else LiteRT's (:func:`tflite_interpreter_class`).
     """
 
-    def __init__(self, tflite_path: str, info: ModelInfo, threads: Optional[int] = None):
+    def __init__(self, tflite_path: Optional[str], info: ModelInfo,
+                 threads: Optional[int] = None, model_content: Optional[bytes] = None):
         cores = os.cpu_count() or 1
-        self.info, self.tflite_path = info, tflite_path
+        self.info, self.tflite_path, self.model_content = info, tflite_path, model_content
         self.threads = max(1, min(threads or cores, cores))
         self.capacity = max(1, cores // self.threads)
         self._idle: "queue.LifoQueue" = queue.LifoQueue()
@@ -150,12 +156,14 @@ class TFLiteEmbeddingModel(EmbeddingModel):
         self._idle.put(first)
 
     def _new_runner(self):
-        import tensorflow as tf
-
+        interpreter_class = tflite_interpreter_class()
         with warnings.catch_warnings():  # tf.lite.Interpreter's notice about LiteRT
             warnings.simplefilter("ignore", UserWarning)
-            interpreter = tf.lite.Interpreter(model_path=self.tflite_path,
-                                              num_threads=self.threads)
+            interpreter = interpreter_class(model_path=self.tflite_path,
+                                            model_content=self.model_content,
+                                            num_threads=self.threads)
+        with quiet_native_logs():  # the XNNPACK delegate's notice comes with the tensors
+            interpreter.allocate_tensors()
         self._created += 1
         return interpreter.get_signature_runner()
 
@@ -199,6 +207,30 @@ class SavedModelEmbeddingModel(EmbeddingModel):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def tflite_interpreter_class():
+    """LiteRT's Interpreter (``ai_edge_litert``: 0.1 s to import, where TensorFlow takes
+    seconds), unless this process has imported TensorFlow already (the build, a notebook):
+    then tf.lite's, which runs the same kernels, so that a process never holds both
+    runtimes. TensorFlow's when LiteRT is not installed."""
+    if "tensorflow" not in sys.modules:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            return Interpreter
+        except ImportError:
+            pass
+    import tensorflow as tf
+
+    return tf.lite.Interpreter
+
+
+def has_tflite_form(spec: str) -> bool:
+    """Whether ``load_model(spec, "tflite")`` can run the model: the built-in models and
+    .keras files (SavedModels and TF Hub modules run on TensorFlow only)."""
+    spec = spec or DEFAULT_MODEL
+    return spec in BUILTIN_MODELS or spec.endswith(".keras")
+
 
 def _sha256_of_tree(path: str) -> str:
     """Fingerprint of a file or folder (local or gs://): relative names and bytes."""

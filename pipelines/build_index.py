@@ -52,6 +52,7 @@ from transforms.errors import ERRORS
 from transforms.fetch import FetchImages
 from transforms.preprocess import DecodeAndPreprocess
 from transforms.projection import LearnProjection, write_projection
+from transforms.query_model import write_query_model
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
@@ -386,6 +387,9 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     projection = learned | "Projection" >> beam.Map(lambda fitted_and_origin: fitted_and_origin[0])
     projection_entry = learned | "WriteProjection" >> beam.Map(
         write_projection, out_dir, build["projection_settings"])
+    query_model_entry = (pipeline | "QueryModel" >> beam.Create([args.model])
+                         | "WriteQueryModel" >> beam.Map(
+                             write_query_model, out_dir, model_info.fingerprint))
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
         _num_shards, args.num_shards, args.max_items_per_shard)
@@ -409,7 +413,7 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                | "AsWorkersResolveIt" >> beam.MapTuple(runtime_for))
     manifests = shard_summaries | "Validate" >> Validate(
         manifest_build, num_shards, catalog["input_count"], errors, errors_written, text_index,
-        runtime, projection_entry)
+        runtime, projection_entry, query_model_entry)
     reported = manifests | "Report" >> Report(args.output, out_dir)
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 

@@ -1,13 +1,17 @@
-"""``catalog-index``: one command for the build and the query side.
-
-    catalog-index build --catalog SRC --output ROOT [...]      (see: catalog-index build --help)
-    catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
-    catalog-index rollback --index ROOT --version ID          (point LATEST at an earlier version)
-"""
+"""``catalog-index``: one command for the build and the query side (:data:`USAGE`)."""
 
 from __future__ import annotations
 
 import sys
+
+USAGE = """\
+catalog-index: one command for the build and the query side.
+
+  catalog-index build --catalog SRC --output ROOT [...]      (see: catalog-index build --help)
+  catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
+  catalog-index rollback --index ROOT --version ID          (point LATEST at an earlier version)
+  catalog-index prune --index ROOT --keep N [--dry-run]     (delete old versions, safely)
+"""
 
 
 def main(argv=None) -> None:
@@ -19,11 +23,13 @@ def main(argv=None) -> None:
         from search.cli import run
     elif command == "rollback":
         from pipelines.rollback import run
+    elif command == "prune":
+        from pipelines.prune import run
     elif command in ("-h", "--help"):
-        print(__doc__.strip())
+        print(USAGE.strip())
         sys.exit(0)
     else:
-        print(__doc__.strip(), file=sys.stderr)
+        print(USAGE.strip(), file=sys.stderr)
         sys.exit(2)
     sys.exit(run(rest))
 

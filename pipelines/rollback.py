@@ -1,9 +1,9 @@
-"""``catalog-index rollback``: point LATEST at an earlier, validated version.
+"""catalog-index rollback: point LATEST at an earlier, validated version.
 
     catalog-index rollback --index ROOT --version ID [--force]
 
 The version must be complete (manifest.json) and must have passed validation, unless
-``--force``. LATEST is replaced under the same precondition as a build's publication, so a
+--force. LATEST is replaced under the same precondition as a build's publication, so a
 rollback never silently overwrites a build that published a moment earlier.
 """
 

@@ -1,9 +1,5 @@
 """``catalog-index query``: ask a published index for the items nearest an image, an item or
-a text, best first.
-
-    catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
-    catalog-index query --index ROOT --image PATH --text "red" [--text-weight 0.5]
-"""
+a text, best first (:data:`DESCRIPTION` is its ``--help``)."""
 
 from __future__ import annotations
 
@@ -14,9 +10,25 @@ import sys
 from typing import List, Optional
 
 from catalog_index.storage import read_image_bytes
+from catalog_index.text_index import analyze
 from search.index import (DEFAULT_TEXT_WEIGHT, IndexIntegrityError, ModelMismatchError,
                           PublishedIndex)
 
+DESCRIPTION = """\
+Ask a published index for the items nearest an image, an item or a text, best first.
+
+  catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
+  catalog-index query --index ROOT --image PATH --text "red" [--text-weight 0.5]
+
+What the score is:
+  --image, --item-id  cosine similarity of the image embeddings, -1 to 1 (1: the same
+                      image, as the index holds it)
+  --text              BM25 relevance of the item's caption and text columns (title,
+                      category, ...) to the words: 0 and up, higher is better,
+                      comparable within one query only
+  both                (1 - W) * cosine + W * the share of the words (idf-weighted) that
+                      the item's text holds, 0 to 1 (W: --text-weight)
+"""
 SHOWN_COLUMNS = ("caption", "image_uri")
 MAX_K = 10_000
 # Control characters (terminal escapes, newlines) in ids and captions are shown escaped.
@@ -36,7 +48,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = _OneLineParser(prog="catalog-index query", description=__doc__,
+    parser = _OneLineParser(prog="catalog-index query", description=DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, metavar="ROOT",
                         help="output root of the build (local or gs://)")
@@ -61,6 +73,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
         parser.error("--item-id must not be empty")
     if args.image is None and args.item_id is None and args.text is None:
         parser.error("one of --image, --item-id or --text is required")
+    if args.text is not None and not analyze(args.text):
+        parser.error("--text has no words to search for" + (
+            " (only stop words such as 'the', or punctuation)" if args.text.strip() else ""))
     if not 0.0 <= args.text_weight <= 1.0:
         parser.error("--text-weight must be between 0 and 1")
     return args
@@ -85,13 +100,34 @@ def run(argv: Optional[List[str]] = None) -> int:
     results = [{"item_id": hit.item_id, "score": round(hit.score, 6),
                 **{key: value for key, value in hit.metadata.items()
                    if key not in ("item_id",)}} for hit in hits]
+    if not results:
+        print(f"catalog-index query: no results: {why_none(args, index)}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, default=str))
-    else:
+    elif results:
+        print(f"score: {score_meaning(args)}")
         for result in results:
             print(f"{result['score']:8.4f}  {printable(result['item_id']):<24} "
                   f"{printable(result.get('caption'))}")
     return 0
+
+
+def score_meaning(args: argparse.Namespace) -> str:
+    """What the score column is, for the line above the results."""
+    if (args.image or args.item_id) and args.text is not None:
+        return (f"{1 - args.text_weight:g} x cosine similarity + {args.text_weight:g} x share "
+                "of the words the item's text holds (0 to 1)")
+    if args.image or args.item_id:
+        return "cosine similarity of the image embeddings (1: the same image)"
+    return ("BM25 relevance of the item's caption and text columns to the words (higher is "
+            "better; comparable within this query only)")
+
+
+def why_none(args: argparse.Namespace, index: PublishedIndex) -> str:
+    if args.image is None and args.item_id is None:
+        return ("no item's caption or text columns hold any of the words (as indexed: "
+                + " ".join(dict.fromkeys(analyze(args.text))) + ")")
+    return f"version {index.version_id} holds {len(index)} items"
 
 
 def main() -> None:

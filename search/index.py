@@ -6,8 +6,17 @@
     index.query_text("red dress", k=10)                       # BM25 over captions, titles
     index.query_vector(vector, k=10)                          # merged over every shard
 
-Shards on GCS are downloaded once into a local cache folder per version and checked against
-the manifest's sha256 before use; Annoy then memory-maps them.
+Opening a version checks every file it reads against the manifest's sha256 (files on GCS
+are downloaded once into a local cache folder per version), and takes hold of all of them:
+Annoy memory-maps the shards, the text index, the changes files and the query model are
+memory-mapped, metadata and the projection are read into memory. From then on the reader
+needs nothing from the version's folder (or the cache): pruning old versions, or cleaning
+the cache, never breaks a reader that is already open (on POSIX, a mapped file outlives
+its name).
+
+Query images are embedded with the version's own model file (``model/model.tflite``) on
+LiteRT, without TensorFlow; versions without one (older builds, SavedModel and TF Hub
+models) load the build's model by name, which needs TensorFlow and the model's package.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import collections
 import functools
 import hashlib
 import json
+import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +115,6 @@ class PublishedIndex:
 
         self.root, self.manifest, self.local_dir = root, manifest, local_dir
         self._model = None
-        self._text_index = None
         self._lock = threading.Lock()
         self.version_id = manifest["version_id"]
         # The Annoy files' width: a projection's (schema 4), else the model's.
@@ -134,6 +143,14 @@ class PublishedIndex:
                     f"manifest says {shard['items']}")
             metadata = pq.read_table(os.path.join(local_dir, shard["metadata_file"]))
             self.shards.append(Shard(annoy, metadata, shard["search_k"]))
+        # What the queries and changes() read later, held now (see the module's doc).
+        self._text_index = self._open_text_index() if manifest.get("text_index") else None
+        self._changes = [_map(os.path.join(local_dir, shard["changes_file"]))
+                         for shard in manifest["index"]["shards"]] \
+            if _has_changes(manifest) else None
+        query_model = manifest.get("query_model")
+        self._query_model_file = _map(os.path.join(local_dir, query_model["file"])) \
+            if query_model else None
 
     @classmethod
     def open(cls, root: str, version: Optional[str] = None,
@@ -188,18 +205,11 @@ class PublishedIndex:
         """What changed since the version published before this one: a table of
         ``item_id`` and ``change`` (added, removed, image_changed, metadata_changed), sorted
         by item_id. A version's first build lists every item as added."""
-        if not all(shard.get("changes_file") for shard in self.manifest["index"]["shards"]):
+        if self._changes is None:
             raise IndexIntegrityError(f"version {self.version_id} has no changes/ (schema "
                                       f"{self.manifest.get('schema_version')})")
-        folder = version_dir(self.root, self.version_id)
-        tables = []
-        for shard in self.manifest["index"]["shards"]:
-            path = join(folder, check_version_file(shard["changes_file"]))
-            data = storage.read_bytes(path)
-            if hashlib.sha256(data).hexdigest() != shard.get("changes_sha256"):
-                raise IndexIntegrityError(f"{path}: sha256 differs from the manifest")
-            tables.append(pq.read_table(pa.BufferReader(data)))
-        return pa.concat_tables(tables).sort_by("item_id")
+        return pa.concat_tables([pq.read_table(pa.BufferReader(pa.py_buffer(mapped)))
+                                 for mapped in self._changes]).sort_by("item_id")
 
     def __len__(self) -> int:
         return sum(shard.metadata.num_rows for shard in self.shards)
@@ -341,25 +351,45 @@ class PublishedIndex:
                       if count >= FEEDBACK_SHARE * len(rows) and term not in _COLOR_TERMS)
 
     def model(self, spec: Optional[str] = None, runtime: str = "auto"):
-        """The model that built this version (or ``spec``), refused unless its fingerprint
-        matches the manifest's."""
+        """The model query images are embedded with: the version's own model file where it
+        has one (run with LiteRT: no TensorFlow, no model package, no cache); else, or with
+        ``spec`` or another ``runtime``, the model that built this version loaded by name
+        (or ``spec``), refused unless its fingerprint matches the manifest's."""
         with self._lock:  # concurrent first queries load the model once
-            return self._load_model(spec, runtime)
+            if self._model is None or spec is not None or runtime != "auto":
+                own = self._query_model_file is not None and spec is None and runtime == "auto"
+                self._model = self._version_model() if own else self._load_model(spec, runtime)
+            return self._model
+
+    def _version_model(self):
+        from models.loader import ModelInfo, TFLiteEmbeddingModel
+        from models.preprocessing import PreprocessingSpec
+
+        built_with, entry = self.manifest["model"], self.manifest["query_model"]
+        if entry.get("fingerprint") != built_with["fingerprint"]:
+            raise ModelMismatchError(
+                f"{entry['file']} holds model {str(entry.get('fingerprint'))[:12]}, but "
+                f"version {self.version_id} was built with {built_with['name']} "
+                f"({built_with['fingerprint'][:12]}); its vectors would not match")
+        info = ModelInfo(name=built_with["name"], fingerprint=built_with["fingerprint"],
+                         embedding_dim=built_with["embedding_dim"], runtime="tflite",
+                         preprocessing=PreprocessingSpec.from_dict(built_with["preprocessing"]))
+        return TFLiteEmbeddingModel(None, info, model_content=bytes(self._query_model_file))
 
     def _load_model(self, spec: Optional[str], runtime: str):
-        if self._model is None or spec is not None:
-            from models.loader import load_model
+        from models.loader import load_model
+        from models.native_logs import quiet_native_logs
 
-            built_with = self.manifest["model"]
+        built_with = self.manifest["model"]
+        with quiet_native_logs():  # TensorFlow's import banners
             model = load_model(spec or self.manifest["pipeline_options"].get("model")
                                or built_with["name"], runtime)
-            if model.info.fingerprint != built_with["fingerprint"]:
-                raise ModelMismatchError(
-                    f"model {model.info.name} has fingerprint {model.info.fingerprint[:12]}, "
-                    f"but version {self.version_id} was built with {built_with['name']} "
-                    f"({built_with['fingerprint'][:12]}); its vectors would not match")
-            self._model = model
-        return self._model
+        if model.info.fingerprint != built_with["fingerprint"]:
+            raise ModelMismatchError(
+                f"model {model.info.name} has fingerprint {model.info.fingerprint[:12]}, "
+                f"but version {self.version_id} was built with {built_with['name']} "
+                f"({built_with['fingerprint'][:12]}); its vectors would not match")
+        return model
 
     def query_text(self, text: str, k: int = 10) -> List[Hit]:
         """BM25 over each item's caption and text columns (title, category, ...), with the
@@ -369,31 +399,46 @@ class PublishedIndex:
             for shard, annoy_id, score in self._text().search(text, k))]
 
     def _text(self) -> TextIndex:
-        with self._lock:  # concurrent first queries open it once
-            if self._text_index is None:
-                self._text_index = self._open_text_index()
+        if self._text_index is None:
+            raise IndexIntegrityError(f"version {self.version_id} has no text index (it was "
+                                      "built before text indexes were): rebuild it")
         return self._text_index
 
     def _open_text_index(self) -> TextIndex:
-        if not self.manifest.get("text_index"):
-            raise IndexIntegrityError(f"version {self.version_id} has no text index (it was "
-                                      "built before text indexes were): rebuild it")
         return TextIndex(os.path.join(self.local_dir, TEXT_DIR),
                          [shard["items"] for shard in self.manifest["index"]["shards"]])
 
 
+def _has_changes(manifest: dict) -> bool:
+    """Whether the version has changes/ (schema 3 on)."""
+    return all(shard.get("changes_file") for shard in manifest["index"]["shards"])
+
+
+def _map(path: str):
+    """A whole file, read-only and memory-mapped, holding no file descriptor: the mapping
+    outlives the file's name (deleted or replaced)."""
+    with open(path, "rb") as stream:
+        if not os.fstat(stream.fileno()).st_size:
+            return b""  # mmap refuses an empty file
+        return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
-    """Make every file of the version (shards' index and metadata, the text index) available
-    under ``local_dir`` and check them against the manifest's sha256, several files at a
-    time (hashing releases the GIL). A cached copy that no longer matches (the version was
+    """Make every file of the version the reader reads (shards' index, metadata and
+    changes, the text index, the projection, the query model) available under
+    ``local_dir`` and check them against the manifest's sha256, several files at a time
+    (hashing releases the GIL). A cached copy that no longer matches (the version was
     rebuilt with --replace) is downloaded again, once."""
     files = [(entry["file"], entry["sha256"])
              for entry in (manifest.get("text_index") or {}).get("files", [])]
-    if manifest.get("projection"):
-        files.append((manifest["projection"]["file"], manifest["projection"]["sha256"]))
+    for entry in (manifest.get("projection"), manifest.get("query_model")):
+        if entry:
+            files.append((entry["file"], entry["sha256"]))
     for shard in manifest["index"]["shards"]:
         files += [(shard["index_file"], shard["sha256"]),
                   (shard["metadata_file"], shard.get("metadata_sha256"))]
+        if _has_changes(manifest):
+            files.append((shard["changes_file"], shard.get("changes_sha256")))
     for relative, _ in files:
         try:
             check_version_file(relative)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -127,8 +130,11 @@ def edit_manifest(root, change) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def test_a_different_model_is_refused(index_copy, photos, tmp_path, capsys):
+@pytest.mark.parametrize("model_file", ["the version's", "none: loaded by name"])
+def test_a_different_model_is_refused(index_copy, photos, tmp_path, capsys, model_file):
     edit_manifest(index_copy, lambda m: m["model"].update(fingerprint="0" * 64))
+    if model_file.startswith("none"):
+        edit_manifest(index_copy, lambda m: m.pop("query_model"))
     with pytest.raises(ModelMismatchError, match="would not match"):
         PublishedIndex.open(str(index_copy)).query_image(encode(photos["coffee"]))
     image = tmp_path / "q.jpg"
@@ -250,3 +256,215 @@ def test_the_text_index_is_the_same_bytes_in_every_process(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": os.getcwd()})
         digests.append({name: open(folder / name, "rb").read() for name in os.listdir(folder)})
     assert digests[0] == digests[1] == digests[2]
+
+
+# ---------------------------------------------------------------- the version's query model
+
+def embedded_vectors(output, version="v1") -> dict:
+    """item_id -> the model vector the build stored in the version's embeddings Parquet."""
+    folder = version_dir(output, version)
+    return {row["item_id"]: np.asarray(row["vector"], np.float32)
+            for name in sorted(os.listdir(os.path.join(folder, "embeddings")))
+            for row in pq.read_table(os.path.join(folder, "embeddings", name)).to_pylist()}
+
+
+def catalog_file(output, name) -> bytes:
+    """The bytes of a catalog image exactly as the build read them."""
+    return open(os.path.join(os.path.dirname(output), "images", name), "rb").read()
+
+
+QUERIED = {"coffee": "coffee.jpg", "chelsea": "chelsea.jpg", "face-007": "face-007.png"}
+
+
+def test_the_version_carries_its_query_model(built):
+    output, index = built
+    entry = index.manifest["query_model"]
+    path = os.path.join(version_dir(output, "v1"), "model", "model.tflite")
+    data = open(path, "rb").read()
+    assert entry["file"] == "model/model.tflite" and entry["format"] == "tflite"
+    assert entry["bytes"] == len(data) > 1_000_000
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert entry["fingerprint"] == index.manifest["model"]["fingerprint"]
+
+
+def test_a_query_image_gets_the_builds_vector(built):
+    """In a process that has imported TensorFlow (the build ran here): tf.lite."""
+    output, index = built
+    stored = embedded_vectors(output)
+    assert index.projection is None  # so the index space is the model's
+    for item_id, name in QUERIED.items():
+        np.testing.assert_allclose(index.embed_image(catalog_file(output, name)),
+                                   stored[item_id], atol=1e-5)
+        np.testing.assert_allclose(index.vector(item_id), stored[item_id], atol=1e-5)
+
+
+EMBED_SCRIPT = """
+import json, sys
+from search import PublishedIndex
+index = PublishedIndex.open(sys.argv[1])
+vectors = {name: index.embed_image(open(path, "rb").read()).tolist()
+           for name, path in json.loads(sys.argv[2]).items()}
+print(json.dumps({"vectors": vectors, "tensorflow": "tensorflow" in sys.modules,
+                  "litert": "ai_edge_litert" in sys.modules,
+                  "model": type(index.model()).__name__}))
+"""
+
+
+def fresh_process_env() -> dict:
+    """The environment of a search team's process: no TF_CPP_MIN_LOG_LEVEL."""
+    env = dict(os.environ)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def test_a_fresh_reader_embeds_with_litert_as_the_build_did(built):
+    """A process without TensorFlow: the version's model file on LiteRT, the build's vectors."""
+    output, _ = built
+    paths = {item_id: os.path.join(os.path.dirname(output), "images", name)
+             for item_id, name in QUERIED.items()}
+    done = subprocess.run([sys.executable, "-c", EMBED_SCRIPT, output, json.dumps(paths)],
+                          capture_output=True, text=True, env=fresh_process_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no TensorFlow, absl or XNNPACK lines
+    answer = json.loads(done.stdout)
+    assert answer["model"] == "TFLiteEmbeddingModel"
+    assert answer["litert"] is True and answer["tensorflow"] is False
+    stored = embedded_vectors(output)
+    for item_id, vector in answer["vectors"].items():
+        np.testing.assert_allclose(vector, stored[item_id], atol=1e-5)
+
+
+def imported_modules(importtime_stderr: str) -> set:
+    """Top-level names of the modules a ``python -X importtime`` run imported."""
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0]
+            for line in importtime_stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("query", [["--image", "IMAGE"], ["--item-id", "coffee"],
+                                   ["--text", "cat"], ["--item-id", "coffee", "--text", "cup"]])
+def test_the_query_cli_imports_no_tensorflow_and_prints_no_library_logs(built, query):
+    output, _ = built
+    query = [os.path.join(os.path.dirname(output), "images", "coffee.jpg") if arg == "IMAGE"
+             else arg for arg in query]
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipelines.cli", "query",
+                           "--index", output, "-k", "3", *query], capture_output=True,
+                          text=True, env=fresh_process_env(), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [line for line in done.stderr.splitlines()
+            if not line.startswith("import time:")] == []
+    modules = imported_modules(done.stderr)
+    assert "search" in modules and not modules & {"tensorflow", "keras", "tensorflow_hub"}
+    assert ("ai_edge_litert" in modules) == ("--image" in query)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("score: ") and 2 <= len(lines) <= 4
+
+
+def test_a_version_without_a_query_model_loads_the_builds_model(index_copy, built):
+    """Versions built before the model file was written, or of SavedModels."""
+    output, _ = built
+    edit_manifest(index_copy, lambda m: m.pop("query_model"))
+    shutil.rmtree(index_copy / "versions" / "v1" / "model")
+    index = PublishedIndex.open(str(index_copy))
+    assert index.model().tflite_path  # the build's model, from the conversion cache
+    np.testing.assert_allclose(index.embed_image(catalog_file(output, "coffee.jpg")),
+                               embedded_vectors(output)["coffee"], atol=1e-5)
+
+
+def test_a_tampered_query_model_is_refused(index_copy):
+    model = index_copy / "versions" / "v1" / "model" / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(IndexIntegrityError, match="model/model.tflite: sha256"):
+        PublishedIndex.open(str(index_copy))
+
+
+# ---------------------------------------------------------- a reader outlives its version
+
+def answers(index, output) -> dict:
+    """Every kind of query, and changes(), as plain values."""
+    coffee = catalog_file(output, "coffee.jpg")
+
+    def ids(hits):
+        return [(hit.item_id, round(hit.score, 5)) for hit in hits]
+
+    return {"item": ids(index.query_item("coffee", k=5)),
+            "text": ids(index.query_text("cat", k=5)),
+            "image": ids(index.query_image(coffee, k=5)),
+            "image+text": ids(index.query(image=coffee, text="cup", k=5)),
+            "changes": index.changes().to_pylist(),
+            "row": index.item("chelsea")}
+
+
+def test_a_reader_keeps_working_after_its_version_folder_is_deleted(built, index_copy):
+    output, index = built
+    expected = answers(index, output)
+    reader = PublishedIndex.open(str(index_copy))
+    shutil.rmtree(index_copy / "versions" / "v1")  # pruned under a live reader
+    assert not (index_copy / "versions" / "v1").exists()
+    # the model is first loaded now, after the delete: from the version's file, mapped at open
+    assert answers(reader, output) == expected
+    assert expected["text"] and expected["changes"] and len(expected["image"]) == 5
+
+
+def test_a_gs_reader_keeps_working_without_its_version_or_its_cache(built, gcs_bucket,
+                                                                    tmp_path):
+    from catalog_index import storage
+
+    output, index = built
+    root = f"gs://{gcs_bucket}/index"
+    for path in storage.list_files(output):
+        storage.upload_file(path, f"{root}/{os.path.relpath(path, output)}")
+    cache = tmp_path / "cache"
+    reader = PublishedIndex.open(root, cache_dir=str(cache))
+    assert reader.local_dir.startswith(str(cache))
+    storage.delete_tree(f"{root}/versions/v1")
+    shutil.rmtree(cache)
+    assert answers(reader, output) == answers(index, output)
+
+
+# ------------------------------------------------------------------ the query CLI's edges
+
+def test_cli_no_result_says_so_in_one_line(built, capsys):
+    output, _ = built
+    assert query_cli(["--index", output, "--text", "zeppelin"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("catalog-index query: no results: ")
+    assert "zeppelin" in captured.err and len(captured.err.splitlines()) == 1
+    assert query_cli(["--index", output, "--text", "zeppelin", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == [] and len(captured.err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "the of and", "?!"])
+def test_cli_refuses_a_text_without_words(built, text, capsys):
+    output, _ = built
+    for extra in ([], ["--item-id", "coffee"]):
+        with pytest.raises(SystemExit) as exit_info:
+            query_cli(["--index", output, "--text", text, *extra])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("catalog-index query: error: --text has no words")
+        assert len(err.splitlines()) == 1
+
+
+def test_cli_says_what_the_score_is(built, capsys):
+    output, _ = built
+    assert query_cli(["--index", output, "--item-id", "coffee", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("score: cosine similarity") and len(lines) == 3
+    assert query_cli(["--index", output, "--text", "cat", "-k", "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("score: BM25 relevance")
+    assert query_cli(["--index", output, "--item-id", "coffee", "--text", "cup",
+                      "--text-weight", "0.25"]) == 0
+    assert capsys.readouterr().out.startswith("score: 0.75 x cosine similarity + 0.25 x share")
+
+
+def test_help_has_no_restructuredtext():
+    for command in (["query"], ["prune"], ["rollback"], []):
+        done = subprocess.run([sys.executable, "-m", "pipelines.cli", *command, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "``" not in done.stdout and ":data:" not in done.stdout
+        if command == ["query"]:
+            assert "cosine similarity" in done.stdout and "BM25 relevance" in done.stdout

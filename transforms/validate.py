@@ -28,7 +28,7 @@ class _ValidateVersion(beam.DoFn):
         self.build = build  # version_id, version_dir, model, index options, source, options
 
     def process(self, _unused, shards, num_shards, input_count, errors_by_stage, _errors_written,
-                text_index, runtime, projection):
+                text_index, runtime, projection, query_model):
         build = self.build
         shard_entries = sorted(shards, key=lambda entry: entry["shard"])
         duplicate = errors_by_stage.get(DUPLICATE_STAGE, 0)
@@ -92,6 +92,7 @@ class _ValidateVersion(beam.DoFn):
                                  for entry in shard_entries]},
             "text_index": text_index,
             "projection": projection,
+            "query_model": query_model,
             "reuse": build["reuse"],
             "counts": counts,
             "quality": quality,
@@ -272,9 +273,10 @@ class Validate(beam.PTransform):
     """Shard summaries + counts -> a one-element PCollection holding the manifest dict."""
 
     def __init__(self, build: dict, num_shards, input_count, errors, errors_written,
-                 text_index, runtime, projection):
+                 text_index, runtime, projection, query_model):
         super().__init__()
         self.projection = projection  # one element: its manifest entry, or None
+        self.query_model = query_model  # one element: its manifest entry, or None
         self.runtime = runtime  # one element: the model runtime a worker resolved
         self.build = build
         self.num_shards, self.input_count = num_shards, input_count
@@ -294,4 +296,5 @@ class Validate(beam.PTransform):
                     beam.pvalue.AsList(self.errors_written),
                     beam.pvalue.AsSingleton(self.text_index),
                     beam.pvalue.AsSingleton(self.runtime),
-                    beam.pvalue.AsSingleton(self.projection)))
+                    beam.pvalue.AsSingleton(self.projection),
+                    beam.pvalue.AsSingleton(self.query_model)))
