@@ -54,13 +54,14 @@ RANK_MARGIN = 1e-4
 def _exact_search(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
                   chunk: int = 256) -> tuple:
     """-> (top-k by cosine for each query row, the query itself left out; how many of the
-    queries the space ranks, how many could be judged). A query with n other rows is
-    judged when n >= 2: it is ranked when its min(k, n // 2)-th nearest scores above the
-    (lower) median of all n by more than RANK_MARGIN."""
+    queries the space ranks, how many could be judged). Queries are judged in a shard of
+    more than 2 * K rows (in a smaller one, a few duplicate images would decide): a query
+    is ranked when its K-th nearest scores above the (lower) median of the other rows by
+    more than RANK_MARGIN."""
     n = len(vectors)
     k = min(k, n - 1)
     result = np.empty((len(query_ids), k), dtype=np.int64)
-    judge_at = min(K, (n - 1) // 2)
+    judge_at = K if n > 2 * K else 0
     ranked = 0
     for start in range(0, len(query_ids), chunk):
         ids = np.asarray(query_ids[start:start + chunk])

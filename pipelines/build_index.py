@@ -56,8 +56,8 @@ from transforms.query_model import write_query_model
 from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
-from transforms.reuse import MatchPrevious, ReadPreviousVersion, SameBytes
-from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, BuildShards,
+from transforms.reuse import UNCLAIMED, MatchContent, MatchPrevious, ReadPreviousVersion
+from transforms.shard import (DEFAULT_MAX_SHARD_MB, BuildShard, BuildShards,
                               GroupIntoShards, shard_count)
 from transforms.text_index import BuildTextIndex
 from transforms.validate import Validate
@@ -188,12 +188,13 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
            help="output root, local or gs://; versions go to ROOT/versions/<id>/, and "
                 "ROOT/LATEST names the published one")
     option("num-shards", type=_shard_count, default="auto", metavar="N",
-           help="number of Annoy index shards, or auto (default): one shard per "
-                "--max-items-per-shard catalog rows")
-    option("max-items-per-shard", type=_positive_int, default=DEFAULT_MAX_ITEMS_PER_SHARD,
-           metavar="N", help="with --num-shards auto, the most catalog rows per shard "
-           f"(default {DEFAULT_MAX_ITEMS_PER_SHARD:,}: a worker holds one shard at a time "
-           "while it builds its index, about 30 KB an item)")
+           help="number of Annoy index shards, or auto (default): as many as keep each "
+                "shard's index vectors within --max-shard-mb")
+    option("max-shard-mb", type=_positive_int, default=DEFAULT_MAX_SHARD_MB, metavar="MB",
+           help="with --num-shards auto, the most MiB a shard's index vectors take (float32 "
+                f"at the index's width; default {DEFAULT_MAX_SHARD_MB}: 250,000 items at "
+                "265 dimensions). A worker holds one shard's at a time while it builds its "
+                "index, with Annoy's copy: about 2.5 times this")
     option("version-id", metavar="ID", default=None, type=_version_id,
            help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
     option("replace", action="store_true",
@@ -364,9 +365,14 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
         previous["version_dir"], previous["shards"]) if build["reuse"]["from_version"] else None
     matched = catalog["items"] | "MatchPrevious" >> MatchPrevious(
         reusable, model_info.class_names)
-    fetched = matched | "FetchImages" >> FetchImages(args.max_image_bytes)
-    unchanged = fetched.items | "SameBytes" >> SameBytes(model_info.class_names)
-    decoded = unchanged | "DecodeAndPreprocess" >> DecodeAndPreprocess(
+    to_read, hash_errors = matched.items, []
+    if reusable is not None:  # reuse by content: images whose bytes the version embedded
+        hashed = to_read | "HashImages" >> FetchImages(args.max_image_bytes, keep_bytes=False)
+        to_read = hashed.items | "MatchContent" >> MatchContent(
+            matched[UNCLAIMED], model_info.class_names)
+        hash_errors = [hashed[ERRORS]]
+    fetched = to_read | "FetchImages" >> FetchImages(args.max_image_bytes)
+    decoded = fetched.items | "DecodeAndPreprocess" >> DecodeAndPreprocess(
         model_info.preprocessing, args.max_pixels)
     handler = EmbeddingModelHandler(args.model, args.runtime,
                                     batch_size=args.batch_size,
@@ -392,16 +398,16 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
                              write_query_model, out_dir, model_info.fingerprint))
 
     num_shards = catalog["input_count"] | "NumShards" >> beam.Map(
-        _num_shards, args.num_shards, args.max_items_per_shard)
-    shards = items | "GroupIntoShards" >> GroupIntoShards(num_shards)
+        _num_shards, args.num_shards, build["index_width"], args.max_shard_mb)
+    shards = items | "GroupIntoShards" >> GroupIntoShards(num_shards, out_dir)
     shard_summaries = shards | "BuildShards" >> BuildShards(BuildShard(
         out_dir, build["passthrough_columns"], model_info.embedding_dim, args.n_trees,
         args.seed, args.min_recall, model_info.fingerprint, build["text_columns"],
         previous=previous_files, label_column=build["label_column"]),
         num_shards, caption_model, projection)
 
-    errors = ((catalog["errors"], fetched[ERRORS], decoded[ERRORS], embedded[ERRORS],
-               captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
+    errors = ((catalog["errors"], *hash_errors, fetched[ERRORS], decoded[ERRORS],
+               embedded[ERRORS], captioned[ERRORS]) | "AllErrors" >> beam.Flatten())
     errors_written = errors | "WriteErrors" >> WriteErrors(out_dir)
 
     manifest_build = {key: value for key, value in build.items()
@@ -418,8 +424,9 @@ def build_pipeline(pipeline: beam.Pipeline, args, build: dict) -> None:
     _ = reported | "Publish" >> Publish(args.output, out_dir, build["latest_token"])
 
 
-def _num_shards(catalog_rows: int, requested, max_items_per_shard: int) -> int:
-    return requested if requested != "auto" else shard_count(catalog_rows, max_items_per_shard)
+def _num_shards(catalog_rows: int, requested, width: int, max_shard_mb: int) -> int:
+    return requested if requested != "auto" else shard_count(catalog_rows, width,
+                                                             max_shard_mb * 2**20)
 
 
 def default_inference_threads(pipeline_options: PipelineOptions) -> int:
@@ -470,6 +477,8 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     full_reason = why_full_build(args.full, previous, settings)
     label_column = choose_label_column(args.label_column, passthrough)
     projection_settings = {"dims": args.dims, "label_column": label_column}
+    start = projection_start(args.projection_from, projection_settings,
+                             None if full_reason else previous, model_entry["embedding_dim"])
     return {"version_id": version_id, "version_dir": out_dir, "source": args.catalog,
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model_entry, "model_info": model.info,
@@ -480,9 +489,11 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "passthrough_columns": passthrough, "text_columns": text_columns,
             "label_column": label_column,
             "projection_settings": projection_settings,
-            "projection_start": projection_start(
-                args.projection_from, projection_settings, None if full_reason else previous,
-                model_entry["embedding_dim"]),
+            "projection_start": start,
+            # what --max-shard-mb counts: the projection's width (a fitted one's PCA part;
+            # its LDA part adds labels - 1), else the model's
+            "index_width": start.projection.dims if start.projection else
+            (args.dims or model_entry["embedding_dim"]),
             "latest_token": latest_token,
             "previous": previous,
             "reuse": {"settings": settings,

@@ -77,7 +77,7 @@ def test_build_publishes_and_counts_add_up(two_builds, image_catalog):
     assert counts == {"input": len(good_ids) + len(bad_ids) + 2, "indexed": len(good_ids),
                       "failed": len(bad_ids), "duplicate": 2, "failed_by_stage": {"decode": 4},
                       "reused": 0, "embedded": len(good_ids), "added": len(good_ids),
-                      "removed": 0, "changed": 0}
+                      "removed": 0, "changed": 0, "vector_changed": 0}
     assert counts["input"] == counts["indexed"] + counts["failed"] + counts["duplicate"]
     # The second build of the same files reuses every image the first one embedded (and
     # tries the failed ones again).
@@ -170,7 +170,7 @@ def test_csv_catalog_passes_columns_through_and_reports_missing_images(tmp_path,
     errors = {(row["item_id"], row["stage"], row["message"]) for row in
               read_parquet_dir(os.path.join(folder, "errors"))}
     assert {(item, stage) for item, stage, _ in errors} == {
-        ("sku-2", "dedupe"), ("sku-3", "fetch"), (None, "read"), ("   ", "read")}
+        ("sku-2", "dedupe"), ("sku-3", "fetch"), ("", "read"), ("   ", "read")}
     assert ("   ", "read", "row 8: item_id empty or only whitespace") in errors
     counts = json.load(open(os.path.join(folder, "manifest.json")))["counts"]
     assert (counts["input"], counts["indexed"], counts["failed"], counts["duplicate"]) == (8, 4, 3, 1)
@@ -313,14 +313,19 @@ def test_read_catalog_reports_bad_json_lines_with_their_line_number(tmp_path):
         assert_that(out["input_count"], equal_to([4]), label="count")
 
 
-def test_group_into_shards_groups_by_the_stable_hash_of_item_id():
+def test_group_into_shards_groups_by_the_stable_hash_of_item_id(tmp_path):
+    """Each item goes to the shard its item_id hashes to, its vector staged in a file of
+    that shard's, which the record names."""
+    from transforms.shard import read_staged
+
     items = [{"item_id": f"item-{n}", "embedding": np.full(3, n, np.float32)} for n in (3, 1, 2)]
+    version = str(tmp_path)
     with BeamTestPipeline() as pipeline:
         num_shards = pipeline | "NumShards" >> beam.Create([8])
-        shards = pipeline | beam.Create(items) | GroupIntoShards(num_shards)
+        shards = pipeline | beam.Create(items) | GroupIntoShards(num_shards, version)
         summary = shards | beam.MapTuple(lambda shard, records: (shard, sorted(
-            (record[0], np.frombuffer(record[2], np.float32).tolist())
-            for record in records)))
+            (record[0], read_staged(version, record[2][0])[record[2][1]].tolist())
+            for record in records if f"shard-{shard:05d}/" in record[2][0])))
         expected = {}
         for item in items:
             expected.setdefault(shard_of(item["item_id"], 8), []).append(

@@ -140,6 +140,30 @@ def test_only_new_and_changed_images_are_embedded(nights):
     assert full["reuse"]["full_build_reason"] == "no published version yet"
 
 
+def test_a_catalog_moved_to_a_new_folder_reuses_its_images_by_content(nights, photos):
+    """Every image of night B exported again to a new folder (same bytes, new URIs), one of
+    them replaced and one added: only those two are decoded and embedded, and the files are
+    those of a full build in the same vector space."""
+    folder = os.path.join(nights["folder"], "moved")
+    items = dict(nights["items_b"])
+    items["sku-flower"] = (encode(photos["hubble_deep_field"]), "Flower")  # other bytes
+    items["sku-text"] = (encode(photos["text"]), "Text")  # added
+    catalog = write_night(folder, items)
+    root = os.path.join(nights["folder"], "moved-index")  # the other tests' root keeps b
+    shutil.copytree(nights["root"], root)
+    assert build(["--catalog", catalog, "--output", root, "--version-id", "moved", *ARGS]) == 0
+    counts = manifest(root, "moved")["counts"]
+    assert (counts["embedded"], counts["reused"], counts["indexed"]) == (2, 15, 17)
+    fresh = os.path.join(nights["folder"], "moved-full")
+    assert build(["--catalog", catalog, "--output", fresh, "--version-id", "moved", *ARGS,
+                  "--projection-from", version_dir(root, "b")]) == 0
+    assert files_of(root, "moved") == files_of(fresh, "moved")
+    changes = {row["item_id"]: row["change"]
+               for row in PublishedIndex.open(root, version="moved").changes().to_pylist()}
+    assert changes["sku-flower"] == "image_changed" and changes["sku-text"] == "added"
+    assert changes["sku-chelsea"] == "metadata_changed"  # its image_uri is another
+
+
 def test_changes_list_exactly_what_changed(nights):
     index = PublishedIndex.open(nights["root"])
     assert index.version_id == "b"
@@ -228,7 +252,9 @@ def test_on_gcs_only_new_and_changed_objects_are_downloaded(gcs_bucket, photos, 
     downloaded = sorted(path.split("images%2F")[1].split("?")[0]
                         for method, path in log[:report_starts]
                         if method == "GET" and "/download/" in path and "images%2F" in path)
-    assert downloaded == ["sku-coffee.jpg", "sku-page.jpg"]
+    # each new or changed object twice (hashed, to look its bytes up among the version's;
+    # then read to be decoded), no other object at all
+    assert downloaded == ["sku-coffee.jpg"] * 2 + ["sku-page.jpg"] * 2
     listings = [path for method, path in log if method == "GET" and "/o?" in path
                 and "prefix=images%2F" in path]
     assert len(listings) == 1  # one folder, one page

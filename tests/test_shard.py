@@ -142,8 +142,56 @@ def test_an_empty_shard_writes_empty_files(tmp_path):
     assert os.path.getsize(tmp_path / summary["index_file"]) > 0
 
 
-@pytest.mark.parametrize("rows, per_shard, expected", [
-    (0, 100_000, 1), (1, 100_000, 1), (100_000, 100_000, 1), (100_001, 100_000, 2),
-    (1_000_000, 100_000, 10), (70_000, 10_000, 7)])
-def test_shard_count_follows_the_catalog_size(rows, per_shard, expected):
-    assert shard_count(rows, per_shard) == expected
+MIB = 2**20
+
+
+@pytest.mark.parametrize("rows, width, max_bytes, expected", [
+    (0, 265, 256 * MIB, 1), (1, 265, 256 * MIB, 1),
+    (253_000, 265, 256 * MIB, 1), (253_300, 265, 256 * MIB, 2),  # 256 MiB / 1,060 B
+    (1_000_000, 265, 256 * MIB, 4), (1_000_000, 1280, 256 * MIB, 20),
+    (100_000, 265, 256 * MIB, 1), (70_000, 1280, 64 * MIB, 6)])
+def test_shards_are_cut_by_the_bytes_of_their_index_vectors(rows, width, max_bytes, expected):
+    assert shard_count(rows, width, max_bytes) == expected
+
+
+def test_staged_vectors_give_the_bytes_of_vectors_in_the_records(tmp_path):
+    """StageVectors writes vectors to files of the version's staging area and the records
+    carry (file, row): a shard built from such records writes the same files as one built
+    from records that carry the vectors, and nothing of the staging area is read twice."""
+    from transforms.shard import STAGING_DIR, StageVectors
+
+    items = synthetic_items()
+    inline = build(tmp_path / "inline", items)
+    version = tmp_path / "staged"
+    stage = StageVectors(str(version))
+    stage.start_bundle()
+    records = [record for item in items for shard, record in stage.process(item, 4)]
+    stage.finish_bundle()
+    assert all(isinstance(vector, tuple) and vector[0].startswith(STAGING_DIR + "/shard-")
+               for _, _, vector in records)
+    staged_files = list((version / STAGING_DIR).rglob("*.npy"))
+    assert staged_files and all(np.load(path).shape[1] == DIMENSION for path in staged_files)
+    stage_shard = BuildShard(str(version), ["category", "title"], DIMENSION, n_trees=16,
+                             seed=42, target_recall=0.95, model_fingerprint="fp")
+    staged = stage_shard.build(2, OnceOnly(records), 4)
+    for name in ("index_file", "metadata_file", "embeddings_file"):
+        assert digest(version / staged[name]) == digest(tmp_path / "inline" / inline[name]), name
+
+
+def test_a_worker_stages_at_most_its_buffer_of_vectors(tmp_path, monkeypatch):
+    """Vectors wait in memory until a shard's file is full or the worker's buffer is: then
+    the fullest shard's go to a file."""
+    from transforms import shard as module
+
+    monkeypatch.setattr(module, "STAGE_BUFFER_BYTES", 40 * DIMENSION * 4)
+    monkeypatch.setattr(module, "STAGE_FILE_BYTES", 1 << 30)
+    stage = module.StageVectors(str(tmp_path))
+    stage.start_bundle()
+    most = 0
+    for item in synthetic_items(200):
+        list(stage.process(item, 8))
+        most = max(most, stage._buffered)
+    stage.finish_bundle()
+    assert most < 40 * DIMENSION * 4 and stage._buffered == 0
+    rows = sum(np.load(path).shape[0] for path in tmp_path.rglob("*.npy"))
+    assert rows == 200

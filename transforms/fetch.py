@@ -32,11 +32,13 @@ def _fetch(item: dict, max_bytes: int):
         return item, None, error
 
 
-def _fetched(item: dict, data, error):
+def _fetched(item: dict, data, error, keep_bytes: bool = True):
     if error is not None:
         return dead_letter(item, "fetch", error)
-    counter("fetched").inc()
-    return {**item, "image_bytes": data, "sha256": hashlib.sha256(data).hexdigest()}
+    counter("fetched" if keep_bytes else "hashed").inc()
+    sha256 = hashlib.sha256(data).hexdigest()
+    return {**item, "image_bytes": data, "sha256": sha256} if keep_bytes else \
+        {**item, "sha256": sha256}
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,8 +55,8 @@ class FetchImage(beam.DoFn):
     """One item in, the item with its bytes (or a dead letter) out, in the order downloads
     end. At most ``window`` downloads of this DoFn instance are in flight."""
 
-    def __init__(self, max_bytes: int, window: int):
-        self.max_bytes, self.window = max_bytes, window
+    def __init__(self, max_bytes: int, window: int, keep_bytes: bool = True):
+        self.max_bytes, self.window, self.keep_bytes = max_bytes, window, keep_bytes
         self._in_flight: set[Future] = set()
 
     def start_bundle(self):
@@ -65,7 +67,7 @@ class FetchImage(beam.DoFn):
             yield item
             return
         if not _is_remote(item):
-            yield _fetched(*_fetch(item, self.max_bytes))
+            yield _fetched(*_fetch(item, self.max_bytes), self.keep_bytes)
             return
         self._in_flight.add(download_pool().submit(_fetch, item, self.max_bytes))
         # Hand on what has ended; wait only when the window is full, and then for one.
@@ -84,17 +86,19 @@ class FetchImage(beam.DoFn):
         done, self._in_flight = wait(self._in_flight, timeout=None if block else 0,
                                      return_when=FIRST_COMPLETED)
         for future in done:
-            yield _fetched(*future.result())
+            yield _fetched(*future.result(), self.keep_bytes)
 
 
 class FetchImages(beam.PTransform):
-    """items -> items with ``image_bytes`` and ``sha256``; failures tagged ``errors``."""
+    """items -> items with ``image_bytes`` and ``sha256`` (only the ``sha256`` with
+    ``keep_bytes`` False: an incremental build hashes images to find those the published
+    version embedded, and reads again only the others); failures tagged ``errors``."""
 
     def __init__(self, max_bytes: int = storage.DEFAULT_MAX_IMAGE_BYTES,
-                 window: int = storage.MAX_CONCURRENT_REQUESTS):
+                 window: int = storage.MAX_CONCURRENT_REQUESTS, keep_bytes: bool = True):
         super().__init__()
-        self.max_bytes, self.window = max_bytes, window
+        self.max_bytes, self.window, self.keep_bytes = max_bytes, window, keep_bytes
 
     def expand(self, items):
-        return items | "Fetch" >> beam.ParDo(FetchImage(self.max_bytes, self.window)).with_outputs(
-            ERRORS, main="items")
+        return items | "Fetch" >> beam.ParDo(FetchImage(
+            self.max_bytes, self.window, self.keep_bytes)).with_outputs(ERRORS, main="items")

@@ -1,18 +1,22 @@
 """Incremental builds: what the previous published version knows about an image whose
 bytes did not change is carried forward, not computed again.
 
-    items ─► MatchPrevious ─► FetchImages ─► SameBytes ─► Decode ─► Embed ─► Caption ─► shards
-              same stamp: reused ─────────────────────────────────────────────────────►
-                         other stamp, same sha256: reused ────────────────────────────►
+    items ─► MatchPrevious ─► HashImages ─► MatchContent ─► FetchImages ─► Decode ─► Embed ─► shards
+              same stamp: reused ─────────────────────────────────────────────────────────►
+                                 bytes the version embedded: reused ──────────────────────►
 
 Every item gets a **stamp**: what the storage says of its image without reading it (size
 and mtime of a local file; size, crc32c and md5 of a gs:// object, listed a thousand at a
 time per folder). The version records it next to the sha256. When an item's image has the
 stamp the previous version recorded for that URI, the previous vector, size, labels and
 colors are reused without a read (the vector as a pointer to its row: the shard stage reads
-it from the previous embeddings file, so no join or shuffle carries it). Otherwise the image is read; if its sha256 is still the
-previous one, the same fields are reused without a decode. Only new and changed images are
-decoded and embedded. Captions, shards and the text index depend on the whole catalog and
+it from the previous embeddings file, so no join or shuffle carries it). Otherwise the
+image is read and hashed, and its sha256 is looked up among the previous version's images
+that no item claimed by stamp: **reuse is by content**, so an image whose bytes the version
+embedded is not decoded again whatever its URI now is (a catalog exported to a new folder,
+a file touched, an object rewritten). The join carries sha256s and catalog fields, never
+image bytes: an image not found is read again to be decoded. Only new and changed images
+are decoded and embedded. Captions, shards and the text index depend on the whole catalog and
 are built from the merged items, as in a full build, which gives the same bytes.
 
 A reused item is marked ``reused`` and every later stage hands it on untouched, so all
@@ -87,13 +91,25 @@ def read_previous_shard(version_dir: str, shard: dict):
 
 def previous_vectors(previous: dict, where) -> np.ndarray:
     """The vectors at ``where`` [(shard, row)] of the previous version ({version_dir,
-    shards}) as float32 [len(where), dimension], in that order. Each file is streamed a few
-    thousand rows at a time: what stays in memory is the vectors asked for."""
+    shards}) as float32 [len(where), dimension], in that order (see
+    :func:`previous_vector_batches`, which does not hold them all)."""
+    result = None
+    for positions, vectors in previous_vector_batches(previous, where):
+        if result is None:
+            result = np.empty((len(where), vectors.shape[1]), np.float32)
+        result[positions] = vectors
+    return result if result is not None else np.empty((0, 0), np.float32)
+
+
+def previous_vector_batches(previous: dict, where):
+    """Yields (positions in ``where``, float32 vectors [len(positions), dimension]) until
+    every vector at ``where`` [(shard, row)] of the previous version ({version_dir,
+    shards}) was given once. Each file is streamed once, a few thousand rows at a time:
+    what is in memory is one batch."""
     files = {entry["shard"]: entry["embeddings_file"] for entry in previous["shards"]}
     wanted = {}
     for position, (shard, row) in enumerate(where):
         wanted.setdefault(shard, []).append((row, position))
-    result = None
     for shard, rows in sorted(wanted.items()):
         rows.sort()
         relative = files[shard]
@@ -102,18 +118,15 @@ def previous_vectors(previous: dict, where) -> np.ndarray:
             for batch in pq.ParquetFile(stream).iter_batches(batch_size=READ_ROWS,
                                                              columns=["vector"]):
                 end = start + batch.num_rows
-                if next_wanted < len(rows) and rows[next_wanted][0] < end:
-                    vectors = _vectors(batch.column(0))
-                    if result is None:
-                        result = np.empty((len(where), vectors.shape[1]), np.float32)
-                    while next_wanted < len(rows) and rows[next_wanted][0] < end:
-                        row, position = rows[next_wanted]
-                        result[position] = vectors[row - start]
-                        next_wanted += 1
+                first = next_wanted
+                while next_wanted < len(rows) and rows[next_wanted][0] < end:
+                    next_wanted += 1
+                if next_wanted > first:
+                    found = np.asarray(rows[first:next_wanted], dtype=np.int64)
+                    yield found[:, 1], _vectors(batch.column(0))[found[:, 0] - start]
                 start = end
         if next_wanted < len(rows):
             raise ValueError(f"{relative}: no row {rows[next_wanted][0]} ({start} rows)")
-    return result if result is not None else np.empty((0, 0), np.float32)
 
 
 def _vectors(column) -> np.ndarray:
@@ -151,10 +164,19 @@ def reused_item(item: dict, previous: tuple, captioner: LabelColorCaptioner) -> 
             **caption_fields(caption, captioner.threshold), REUSED: True}
 
 
+UNCLAIMED = "unclaimed"  # MatchPrevious's output of the previous images no stamp claimed
+
+
+def _where(previous: tuple) -> tuple:
+    """A previous image's (shard, row): which of several rows is taken, deterministically."""
+    return tuple(previous[-1])
+
+
 class _Match(beam.DoFn):
-    """(bucket of URIs, {items, stamps, previous}) -> each item stamped, then reused when
-    the previous version recorded the same stamp for its URI, else with the previous
-    results attached for the sha256 check after the read."""
+    """(bucket of URIs, {items, stamps, previous}) -> each item stamped, and reused when the
+    previous version recorded the same stamp for its URI. The previous version's images
+    that no item claimed so go to the ``unclaimed`` output, keyed by sha256, for
+    :class:`MatchContent`."""
 
     def __init__(self, captioner: LabelColorCaptioner):
         self.captioner = captioner
@@ -164,25 +186,30 @@ class _Match(beam.DoFn):
         listed = dict(groups["stamps"])
         previous = {}
         for uri, found in groups.get("previous", []):
-            if uri not in previous or found[0] < previous[uri][0]:
-                previous[uri] = found  # one per URI: the smallest sha256
+            previous.setdefault(uri, []).append(found)
+        claimed = set()
         for item in groups["items"]:
             uri = item["image_uri"]
             stamp = listed.get(uri) if storage.is_gcs(uri) else storage.local_stamp(uri)
-            item, before = {**item, "source_stamp": stamp}, previous.get(uri)
-            if before is not None and stamp is not None and before[1] == stamp:
+            item = {**item, "source_stamp": stamp}
+            before = next((found for found in sorted(previous.get(uri, []), key=_where)
+                           if stamp is not None and found[1] == stamp), None)
+            if before is not None:
+                claimed.add(uri)
                 yield reused_item(item, before, self.captioner)
-            elif before is not None:
-                yield {**item, "previous": before}
             else:
                 yield item
+        for uri, found in previous.items():
+            if uri not in claimed:
+                for before in found:
+                    yield beam.pvalue.TaggedOutput(UNCLAIMED, (before[0], before))
 
 
 class MatchPrevious(beam.PTransform):
-    """items -> the items stamped: complete and marked reused where the previous version
-    recorded the same stamp for the URI, else with the previous results attached (for the
-    sha256 check after the read) where it had some. With ``previous`` None (a full build)
-    items are only stamped."""
+    """items -> {"items": the items stamped, complete and marked reused where the previous
+    version recorded the same stamp for the URI; "unclaimed": (sha256, what the previous
+    version knows) of its other images}. With ``previous`` None (a full build) items are
+    only stamped, and nothing is unclaimed."""
 
     def __init__(self, previous=None, class_names=None):
         super().__init__()
@@ -206,28 +233,42 @@ class MatchPrevious(beam.PTransform):
                for name, found in previous.items()}}
         return (by_bucket
                 | "JoinByUriBucket" >> beam.CoGroupByKey()
-                | "Match" >> beam.ParDo(_Match(self.captioner)))
+                | "Match" >> beam.ParDo(_Match(self.captioner)).with_outputs(
+                    UNCLAIMED, main="items"))
 
 
-class _SameBytes(beam.DoFn):
-    """A fetched item whose bytes have the previous version's sha256 (its file was touched,
-    or its object rewritten, with the same content): reused, not decoded."""
+class _MatchContent(beam.DoFn):
+    """(bucket of sha256s, {items, previous}) -> each hashed item, reused when the previous
+    version embedded the same bytes (any of its images no stamp claimed), else handed on
+    to be read and decoded."""
 
     def __init__(self, captioner: LabelColorCaptioner):
         self.captioner = captioner
 
-    def process(self, item):
-        previous, item = item.get("previous"), without(item, "previous")
-        if previous is not None and previous[0] == item["sha256"]:
-            yield reused_item(without(item, "image_bytes"), previous, self.captioner)
-        else:
-            yield item
+    def process(self, joined):
+        _bucket, groups = joined
+        previous = {}
+        for sha256, found in groups["previous"]:
+            if sha256 not in previous or _where(found) < _where(previous[sha256]):
+                previous[sha256] = found  # the same bytes: any one gives the same results
+        for item in groups["items"]:
+            before = None if is_reused(item) else previous.get(item["sha256"])
+            yield item if before is None else reused_item(item, before, self.captioner)
 
 
-class SameBytes(beam.PTransform):
-    def __init__(self, class_names=None):
+class MatchContent(beam.PTransform):
+    """hashed items (``sha256``, no bytes) -> the items, reused where the previous version
+    has an unclaimed image with their bytes (``unclaimed``: MatchPrevious's output)."""
+
+    def __init__(self, unclaimed, class_names=None):
         super().__init__()
+        self.unclaimed = unclaimed
         self.captioner = LabelColorCaptioner(class_names=class_names)
 
-    def expand(self, fetched):
-        return fetched | "SameBytes" >> beam.ParDo(_SameBytes(self.captioner))
+    def expand(self, items):
+        return ({"items": items | "ItemBySha256" >> beam.Map(
+                    lambda item: (bucket(item.get("sha256") or ""), item)),
+                 "previous": self.unclaimed | "PreviousBySha256" >> beam.Map(
+                     lambda pair: (bucket(pair[0]), pair))}
+                | "JoinBySha256Bucket" >> beam.CoGroupByKey()
+                | "MatchContent" >> beam.ParDo(_MatchContent(self.captioner)))
