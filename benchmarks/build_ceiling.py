@@ -41,7 +41,7 @@ STEPS = ("decode", "model", "caption", "index")
 
 def build_defaults() -> dict:
     """catalog-index build's defaults for the options the loop shares with it."""
-    from pipelines.build_index import add_build_arguments
+    from pipelines.options import add_build_arguments
 
     parser = argparse.ArgumentParser()
     add_build_arguments(parser)

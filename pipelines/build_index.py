@@ -1,23 +1,17 @@
 """The nightly build: catalog -> embeddings -> captions -> sharded Annoy + Parquet -> publish.
 
-    python -m pipelines.build_index --catalog 'images/**/*.jpg' --output ./out [--num-shards 8]
+    catalog-index build --catalog 'images/**/*.jpg' --output ./out
     catalog-index build --catalog catalog.parquet --output gs://bucket/index --runner DataflowRunner ...
 
-Options not listed in ``--help`` are Beam pipeline options (``--runner``, ``--temp_location``,
-``--direct_running_mode``...), those of the named runner included (``--runner DaskRunner
---dask_client_address ...``). Locally the default is Beam's FnApiRunner with one worker
-thread per core. On every runner the build waits for the job, and its exit status is the
-job's outcome: 0 when the version was validated and published, 1 when the build ran but was
-not published (failed, cancelled or stopped), 2 for a usage error. ``--no-wait`` submits
-and exits 0 instead (a Flex Template launcher must).
+This module parses the command line (pipelines/options.py: the build's options;
+runners/registry.py: Beam's and the runner's), plans the build against the published
+version, wires the stages of transforms/ into one pipeline, runs it and reports the outcome.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -38,12 +32,11 @@ from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION, In
                                   check_version_file, check_version_id, index_space, join,
                                   passthrough_name, version_dir)
 from models.captioner import LabelColorCaptioner
-from models.loader import (DEFAULT_MODEL, PRECISIONS, RUNTIMES, ModelLoadError, load_model,
-                           runtime_for)
-from models.preprocessing import DEFAULT_MAX_PIXELS
+from models.loader import ModelLoadError, load_model, runtime_for
 from models.projection import Projection
 from pipelines.console import quiet_output
-from runners.local import LocalRunner
+from pipelines.options import (DEFAULT_LABEL_COLUMN, UsageError, parse_build_args)
+from runners import registry
 from models import caption_transfer
 from transforms.caption import Caption
 from transforms.caption_transfer import LearnCaptions
@@ -57,297 +50,24 @@ from transforms.publish import Publish
 from transforms.report import Report
 from transforms.read_catalog import CatalogError, ReadCatalog, catalog_columns
 from transforms.reuse import UNCLAIMED, MatchContent, MatchPrevious, ReadPreviousVersion
-from transforms.shard import (DEFAULT_MAX_SHARD_MB, BuildShard, BuildShards,
-                              GroupIntoShards, shard_count)
+from catalog_index.sizing import shard_count
+from transforms.shard import BuildShard, BuildShards, GroupIntoShards
 from transforms.text_index import BuildTextIndex
 from transforms.validate import Validate
 from transforms.write_metadata import WriteErrors
 
-# Locally, threads beat processes: decoding (libjpeg-turbo) and inference (TFLite/TF) release
-# the GIL, and one shared model per process avoids each worker process importing TensorFlow
-# and loading its own copy (2,000 800 px JPEGs on 2 cores: 135 images/s with threads, 52 with
-# processes; docs/benchmarks.md). --direct_running_mode=multi_processing works too.
-# The FnApiRunner is what Beam 2.77's DirectRunner falls back to after it has tried to
-# download the Prism runner from GitHub: naming it skips a network call at run time.
-# Runners Beam has no short name for, or whose gaps runners/ closes: --runner NAME -> class.
-PROJECT_RUNNERS = {"daskrunner": "runners.dask.DaskRunner"}
-# Runners whose job lives only as long as the client that submitted it (Dask's futures).
-JOBS_END_WITH_CLIENT = {"runners.dask.DaskRunner"}
-LOCAL_DEFAULTS = {"runner": "FnApiRunner", "direct_running_mode": "multi_threading",
-                  "direct_num_workers": str(os.cpu_count() or 1)}
-
-
-class UsageError(Exception):
-    """A bad flag or input: reported as one line, exit status 2."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Errors are one line; no flag is taken for a prefix of another (Beam's --project
-    would otherwise be refused as ambiguous with --projection-from)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message):
-        raise UsageError(message)
-
-
-CAPTION_METHODS = ("head", "neighbours", "labels")
-
-
-def _column_list(text: str) -> List[str]:
-    columns = [column.strip() for column in text.split(",") if column.strip()]
-    if not columns:
-        raise argparse.ArgumentTypeError(f"{text!r} names no column")
-    return columns
-
-
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
-def _shard_count(text: str):
-    return "auto" if text == "auto" else _positive_int(text)
-
-
-def _version_id(text: str) -> str:
-    """A folder name: letters, digits, '.', '_' and '-' (no slashes, no '..' tricks)."""
-    try:
-        return check_version_id(text)
-    except InvalidVersionId as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-# Switches: ``--full`` on its own, or with a value (``--full=false``, ``--full true``), as a
-# Flex Template or a scheduler passes every parameter.
-SWITCHES = ("replace", "allow-model-change", "full", "no-wait")
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-def switches_without_values(argv: List[str]) -> List[str]:
-    """``argv`` with each switch's value (``--full=true``, ``--full false``) resolved: the
-    bare switch when true, nothing when false. Raises UsageError for another value."""
-    spellings = {f"--{name}" for name in SWITCHES} | \
-        {f"--{name.replace('-', '_')}" for name in SWITCHES}
-    result, args = [], iter(enumerate(argv))
-    for position, arg in args:
-        name, equals, value = arg.partition("=")
-        if name not in spellings:
-            result.append(arg)
-            continue
-        if not equals and position + 1 < len(argv) and \
-                argv[position + 1].lower() in _TRUE + _FALSE:
-            value = next(args)[1]
-        elif not equals:
-            value = "true"
-        if value.lower() not in _TRUE + _FALSE:
-            raise UsageError(f"argument {name}: {value!r} is not true or false")
-        if value.lower() in _TRUE:
-            result.append(name)
-    return result
-
-
-def _dimensions(text: str) -> int:
-    value = _whole_number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be 0 (no projection) or more")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1")
-    return value
-
-
-def add_build_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every build option, each spelled with dashes and (for Dataflow templates) underscores."""
-    def option(name, **kwargs):
-        spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
-        parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
-
-    option("catalog", required=True, metavar="SRC",
-           help="a glob of image files (item_id = path below the glob's fixed folder, no "
-                "extension) or a catalog file (.csv, .jsonl, .parquet) with item_id and "
-                "image_uri columns; other columns pass through to the metadata")
-    option("output", required=True, metavar="ROOT",
-           help="output root, local or gs://; versions go to ROOT/versions/<id>/, and "
-                "ROOT/LATEST names the published one")
-    option("num-shards", type=_shard_count, default="auto", metavar="N",
-           help="number of Annoy index shards, or auto (default): as many as keep each "
-                "shard's index vectors within --max-shard-mb")
-    option("max-shard-mb", type=_positive_int, default=DEFAULT_MAX_SHARD_MB, metavar="MB",
-           help="with --num-shards auto, the most MiB a shard's index vectors take (float32 "
-                f"at the index's width; default {DEFAULT_MAX_SHARD_MB}: 250,000 items at "
-                "265 dimensions). A worker holds one shard's at a time while it builds its "
-                "index, with Annoy's copy: about 2.5 times this")
-    option("version-id", metavar="ID", default=None, type=_version_id,
-           help="version folder name (default: UTC time, e.g. 20261122T014500Z)")
-    option("replace", action="store_true",
-           help="rebuild a version folder that already exists (e.g. after a crashed "
-                "build); without it an existing version is an error")
-    option("model", default=DEFAULT_MODEL,
-           help="efficientnet_lite0 (default), efficientnet_lite1 (240 px), "
-                "efficientnet_lite2 (260 px), a .keras file, a SavedModel / TF Hub folder "
-                "(local or gs://), or hub:HANDLE")
-    option("runtime", choices=RUNTIMES, default="auto",
-           help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
-    option("batch-size", type=_positive_int, default=4, metavar="N",
-           help="inference batch size (default 4: TFLite on CPU is fastest per image at "
-                "2-4, where a batch's activations stay in the core's cache; use 64-256 on "
-                "a GPU); only the last batch of a bundle is smaller")
-    option("inference-threads", type=_positive_int, default=None, metavar="N",
-           help="threads per TFLite interpreter; a worker runs cores/N batches at once "
-                "(default: cores / local worker threads, or 1 on a distributed runner)")
-    option("n-trees", type=_positive_int, default=16, metavar="N",
-           help="Annoy trees per shard to start with; doubled (up to twice) when the "
-                "recall target needs it (default 16)")
-    option("seed", type=int, default=42, help="Annoy build seed (default 42)")
-    option("min-recall", type=_fraction, default=0.95, metavar="R",
-           help="quality gate: Annoy recall@10 against exact search; each shard's search_k "
-                "(and trees, if needed) is chosen to reach it (default 0.95)")
-    option("max-failure-rate", type=_fraction, default=0.05, metavar="F",
-           help="quality gate: most input that may fail (default 0.05)")
-    option("max-count-drop", type=_fraction, default=0.10, metavar="F",
-           help="quality gate: largest drop in indexed items against the published "
-                "version (default 0.10)")
-    option("max-precision-drop", type=_fraction, default=0.05, metavar="F",
-           help="quality gate: largest fall in P@10 of the --label-column labels (how often "
-                "an item's 10 nearest share its label) against the published version "
-                "(default 0.05)")
-    option("allow-model-change", action="store_true",
-           help="quality gate: publish even if the model or embedding dimension differs "
-                "from the published version's")
-    option("precision", choices=PRECISIONS, default="float32",
-           help="float32 (default) or mixed (float16 compute on a GPU, float32 "
-                "embeddings; Keras runtime only)")
-    option("max-image-bytes", type=_positive_int, default=storage.DEFAULT_MAX_IMAGE_BYTES,
-           metavar="N", help="image files larger than this are refused before they are "
-           f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
-    option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
-           help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
-    option("full", action="store_true",
-           help="embed every image again, even those whose bytes the published version "
-                "already embedded (by default, a build reuses them when that version was "
-                "built with the same model and settings)")
-    option("text-columns", type=_column_list, default=None, metavar="A,B",
-           help="catalog columns that say what a product is, for captions in the catalog's "
-                "words (default: " + ", ".join(caption_transfer.DEFAULT_TEXT_COLUMNS)
-                + ", those the catalog has)")
-    option("dims", type=_dimensions, default=DEFAULT_DIMS, metavar="N",
-           help="project the vectors in the Annoy index to N dimensions learned from the "
-                f"catalog (PCA; default {DEFAULT_DIMS}), plus one fewer than the number of "
-                "labels of --label-column (LDA: 256 + 9 = 265 for 10 categories); 0 keeps "
-                "the model's own width. A nightly build keeps the published version's "
-                "projection unless its new items drift from it; --full fits anew")
-    option("label-column", default=None, metavar="NAME",
-           help="with --dims, a catalog column of categories that the projection learns "
-                "to separate (default: category, when the catalog has it; '' for none)")
-    option("projection-from", default=None, metavar="PATH",
-           help="use this projection instead of fitting one: a version folder (its "
-                "projection, checked against its manifest) or a projection .npz file")
-    option("caption-method", choices=CAPTION_METHODS, default="head",
-           help="how untitled items get captions in the catalog's words: head (default: a "
-                "linear head fitted on a sample of the items with text), neighbours (votes "
-                "of the nearest such items), or labels (ImageNet labels and colors only)")
-
-
 def parse_args(argv: List[str]):
     """-> (build options namespace, Beam PipelineOptions). Raises UsageError."""
-    parser = _OneLineParser(prog="catalog-index build", description=__doc__.replace("``", ""),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_build_arguments(parser)
-    parser.add_argument("--progress-seconds", type=float, default=10.0, metavar="S",
-                        help="print a progress line on stderr every S seconds (default 10)")
-    parser.add_argument("--no-wait", "--no_wait", dest="no_wait", action="store_true",
-                        help="submit the job and exit 0 without waiting for its outcome "
-                             "(a Flex Template launcher; see docs/operations.md)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show the libraries' own logs (TensorFlow, Beam) on the terminal; "
-                             "without it they go to a log file under the temp folder")
-    args, beam_args = parser.parse_known_args(switches_without_values(argv))
-    runner = import_runner_options(beam_args)
-    if args.no_wait and runner in JOBS_END_WITH_CLIENT:
-        raise UsageError(f"--no-wait: a job on {runner_name(beam_args)} is cancelled when "
-                         "the client that submitted it exits; leave --no-wait off")
-    unknown = unknown_beam_args(beam_args)
-    if unknown:
-        raise UsageError(f"unrecognized arguments: {' '.join(unknown)}")
-    given = {arg.lstrip("-").split("=")[0] for arg in beam_args if arg.startswith("--")}
-    defaults = [] if "runner" in given else [
-        f"--{key}={value}" for key, value in LOCAL_DEFAULTS.items() if key not in given]
-    return args, PipelineOptions(beam_args + defaults)
-
-
-def runner_name(beam_args: List[str]) -> Optional[str]:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--runner", default=None)
-    return parser.parse_known_args(beam_args)[0].runner
-
-
-def runner_class_path(name: Optional[str]) -> Optional[str]:
-    """The class a ``--runner`` name means: ours (PROJECT_RUNNERS), one of Beam's short
-    names, or a dotted class path; None when Beam knows no such name."""
-    from apache_beam.runners.runner import _RUNNER_MAP
-
-    if not name:
-        return None
-    lowered = name.lower()
-    for table in (PROJECT_RUNNERS, _RUNNER_MAP):
-        path = table.get(lowered) or table.get(lowered + "runner")
-        if path:
-            return path
-    return name if "." in name else None
-
-
-def import_runner_options(beam_args: List[str]) -> Optional[str]:
-    """Import the named runner's module, so that its options (DaskOptions...) are known
-    when unknown flags are checked; -> its class path (None: the default runner)."""
-    name = runner_name(beam_args)
-    path = runner_class_path(name)
-    if path is None:
-        if name:
-            raise UsageError(f"--runner {name}: no such runner (a Beam runner name, "
-                             "DaskRunner, or a module.Class path)")
-        return None
+    args, beam_args = parse_build_args(argv)
     try:
-        importlib.import_module(path.rsplit(".", 1)[0])
-    except ImportError as error:
-        extra = " (pip install '.[dask]')" if "dask" in path else ""
-        raise UsageError(f"--runner {name}: {error}{extra}") from None
-    return path
-
-
-def unknown_beam_args(beam_args: List[str]) -> List[str]:
-    """Arguments that no Beam options class knows (Beam itself would only warn)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    classes, seen = list(PipelineOptions.__subclasses__()), set()
-    while classes:
-        cls = classes.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        classes.extend(cls.__subclasses__())
-        try:
-            cls._add_argparse_args(parser)
-        except argparse.ArgumentError:
-            pass  # an option two classes share
-    _, unknown = parser.parse_known_args(beam_args)
-    return [arg for arg in unknown if arg.startswith("-")]
+        runner = registry.import_runner_options(beam_args)
+        if args.no_wait and runner in registry.JOBS_END_WITH_CLIENT:
+            raise UsageError(f"--no-wait: a job on {registry.runner_name(beam_args)} is "
+                             "cancelled when the client that submitted it exits; leave "
+                             "--no-wait off")
+        return args, registry.pipeline_options(beam_args)
+    except registry.RunnerError as error:
+        raise UsageError(str(error)) from None
 
 
 def default_version_id() -> str:
@@ -429,18 +149,6 @@ def _num_shards(catalog_rows: int, requested, width: int, max_shard_mb: int) -> 
                                                              max_shard_mb * 2**20)
 
 
-def default_inference_threads(pipeline_options: PipelineOptions) -> int:
-    """Split the cores between the worker threads that run inference side by side."""
-    options = pipeline_options.get_all_options()
-    cores = os.cpu_count() or 1
-    if (_runner_path(pipeline_options) in (None, *FN_API_RUNNER_PATHS)) and \
-            options.get("direct_running_mode") != "multi_processing":
-        requested = options.get("direct_num_workers")
-        workers = cores if requested == 0 else int(requested or 1)  # Beam: 0 = one per core
-        return max(1, cores // workers)
-    return 1  # distributed runners and process pools: a process per core already
-
-
 def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     """Check inputs and load the model once (which also fills the conversion cache)."""
     if args.output.startswith("gs://") is False and "://" in args.output:
@@ -466,7 +174,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
     # Workers choose their runtime on their own hardware (--runtime auto: Keras on a GPU,
     # TFLite on CPU). A remote runner's launcher has no GPU: it loads the model only to learn
     # its fingerprint and shape, which do not depend on the runtime.
-    local = is_local(pipeline_options)
+    local = registry.is_local(pipeline_options)
     planning_runtime = "keras" if args.runtime == "auto" and not local else args.runtime
     model = load_model(args.model, planning_runtime, precision=args.precision)
     model_entry = model.info.to_manifest()
@@ -483,7 +191,7 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
             "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": model_entry, "model_info": model.info,
             "index": {"n_trees": args.n_trees, "seed": args.seed},
-            "inference_threads": args.inference_threads or default_inference_threads(
+            "inference_threads": args.inference_threads or registry.default_inference_threads(
                 pipeline_options),
             "options": {key: value for key, value in sorted(vars(args).items())},
             "passthrough_columns": passthrough, "text_columns": text_columns,
@@ -503,12 +211,6 @@ def plan_build(args, pipeline_options: PipelineOptions) -> dict:
                      "max_count_drop": args.max_count_drop,
                      "max_precision_drop": args.max_precision_drop,
                      "allow_model_change": args.allow_model_change}}
-
-
-DEFAULT_LABEL_COLUMN = "category"
-# The width of the Annoy index's vectors: PCA 256 (+ LDA where there are labels), measured
-# against the model's 1,280 and PCA 128 in docs/benchmarks.md ("Vectors that fit the catalog").
-DEFAULT_DIMS = 256
 
 
 class ProjectionStart(NamedTuple):
@@ -767,41 +469,12 @@ def _cancel(result) -> bool:
     return False
 
 
-# Runners that run the job in this process: the FnApiRunner (the DirectRunner's fallback),
-# run as runners/local.py's LocalRunner, and the old bundle-based DirectRunner.
-FN_API_RUNNER_PATHS = ("apache_beam.runners.direct.direct_runner.DirectRunner",
-                       "apache_beam.runners.portability.fn_api_runner.FnApiRunner")
-IN_PROCESS_RUNNER_PATHS = FN_API_RUNNER_PATHS + (
-    "apache_beam.runners.direct.direct_runner.BundleBasedDirectRunner",)
-
-
-def _runner_path(pipeline_options: PipelineOptions) -> Optional[str]:
-    """The class the options' runner name means (None: the default, the FnApiRunner)."""
-    name = pipeline_options.get_all_options().get("runner")
-    return None if name is None else runner_class_path(name)
-
-
-def is_local(pipeline_options: PipelineOptions) -> bool:
-    path = _runner_path(pipeline_options)
-    return path is None or path in IN_PROCESS_RUNNER_PATHS
-
-
 def submit(args, pipeline_options: PipelineOptions, build: dict):
     """Construct the pipeline and hand it to the runner; returns the PipelineResult."""
-    pipeline = beam.Pipeline(runner=make_runner(pipeline_options), options=pipeline_options)
+    pipeline = beam.Pipeline(runner=registry.make_runner(pipeline_options),
+                             options=pipeline_options)
     build_pipeline(pipeline, args, build)
     return pipeline.run()
-
-
-def make_runner(pipeline_options: PipelineOptions):
-    """The runner for ``--runner``: ours where runners/ adapts one, else None (Beam's)."""
-    path = _runner_path(pipeline_options)
-    if path is None or path in FN_API_RUNNER_PATHS:
-        return LocalRunner()
-    if path not in PROJECT_RUNNERS.values():
-        return None
-    module, cls = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)()
 
 
 class _HideReportedFailures(logging.Filter):

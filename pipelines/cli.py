@@ -17,6 +17,11 @@ catalog-index: one command for the build and the query side.
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     command, rest = (argv[0], argv[1:]) if argv else (None, [])
+    if command == "build" and {"-h", "--help"} & set(rest):
+        from pipelines.options import build_parser  # no Beam, no TensorFlow to import
+
+        build_parser().print_help()
+        sys.exit(0)
     if command == "build":
         from pipelines.build_index import run
     elif command == "query":

@@ -10,7 +10,8 @@ import re
 
 import pytest
 
-from pipelines.build_index import SWITCHES, add_build_arguments, parse_args, plan_build, submit
+from pipelines.build_index import parse_args, plan_build, submit
+from pipelines.options import SWITCHES, add_build_arguments
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = os.path.join(HERE, "dataflow_templates")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from models.loader import ModelOutput
-from pipelines.build_index import default_inference_threads, parse_args
+from pipelines.build_index import parse_args
+from runners.registry import default_inference_threads
 from transforms.embed import EmbeddingModelHandler
 
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from transforms.reuse import PREVIOUS_VECTOR
-from transforms.shard import BuildShard, shard_count, shard_record
+from catalog_index.sizing import shard_count
+from transforms.shard import BuildShard, shard_record
 
 DIMENSION = 1280
 # Written by the in-memory shard stage this one replaced (a list of item dicts, sorted in

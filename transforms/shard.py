@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import uuid
 import tempfile
@@ -46,11 +45,6 @@ from transforms.errors import counter
 from transforms.reuse import PREVIOUS_VECTOR, previous_vector_batches
 from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
-# The index vectors of a shard, with --num-shards auto: a worker holds one shard's at a
-# time while it builds its index, with Annoy's copy of them and the shard's metadata
-# columns (docs/benchmarks.md, "A million items on one machine"). Fewer, larger shards make
-# every query cheaper; 256 MiB is 250,000 items at the default 265 dimensions.
-DEFAULT_MAX_SHARD_MB = 256
 STAGING_DIR = "_staging/vectors"  # inside the version, deleted once the shards are built
 STAGE_FILE_BYTES = 8 << 20  # a shard's staged vectors go to a file once they are this many
 STAGE_BUFFER_BYTES = 64 << 20  # a worker's staged vectors not yet written, at most
@@ -65,13 +59,6 @@ METADATA_KEYS = ("image_uri", "sha256", "width", "height", "caption", "caption_s
 # Spill columns beside the metadata's: the stamp goes to the embeddings file, and whether
 # the item was carried forward from the previous version is counted.
 SPILL_EXTRA = [pa.field("source_stamp", pa.string()), pa.field("reused", pa.bool_())]
-
-
-def shard_count(catalog_rows: int, width: int, max_shard_bytes: int) -> int:
-    """The number of shards for a catalog of ``catalog_rows`` rows whose index vectors are
-    ``width`` float32s: each shard's vectors take at most ``max_shard_bytes`` (at least 1
-    shard). From the count of catalog rows, so the same catalog gets the same shards."""
-    return max(1, math.ceil(catalog_rows * width * 4 / max_shard_bytes))
 
 
 def shard_record(item: dict, vector=None) -> tuple:
