@@ -1,5 +1,6 @@
 """The text index built a few thousand documents at a time (issue 28): the same files, byte
-for byte, as bm25s indexing every document in memory, and the same answers."""
+for byte, as bm25s indexing every document in memory, and the same answers; the Beam step
+reads one shard's metadata at a time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.text_build import catalog, reference_build
@@ -101,3 +103,38 @@ def test_a_catalog_without_a_single_term_has_an_index_that_finds_nothing(tmp_pat
 def test_no_documents_no_files(tmp_path):
     assert build_text_index([], str(tmp_path / "text")) == []
     assert os.listdir(tmp_path / "text") == []
+
+
+def test_the_beam_step_reads_one_shard_at_a_time(both, tmp_path, monkeypatch):
+    """Each shard's metadata file (with the columns a metadata file has besides its text)
+    is downloaded when the build reaches it, and removed before the next one comes."""
+    from catalog_index import storage
+    from transforms import text_index as step
+
+    tables, _, new = both
+    version = tmp_path / "version"
+    (version / "metadata").mkdir(parents=True)
+    summaries = []
+    for shard, table in enumerate(tables):
+        table = table.append_column("annoy_id", pa.array(range(table.num_rows), pa.int64())) \
+            .append_column("width", pa.array([800] * table.num_rows, pa.int32()))
+        name = f"metadata/part-{shard:05d}.parquet"
+        pq.write_table(table, str(version / name), row_group_size=3_000)
+        summaries.append({"shard": shard, "metadata_file": name, "items": table.num_rows})
+    on_disk = []
+    download = storage.download_file
+
+    def counting_download(source, local):
+        on_disk.append(sorted(name for name in os.listdir(os.path.dirname(local))
+                              if name.endswith(".parquet")))
+        return download(source, local)
+
+    monkeypatch.setattr(storage, "download_file", counting_download)
+    [result] = step._BuildTextIndex(str(version)).process(None, summaries[::-1])
+    assert on_disk == [[]] * len(tables)
+    assert result["documents"] == sum(table.num_rows for table in tables)
+    assert [entry["file"] for entry in result["files"]] == \
+        [f"text/{name}" for name in sorted(os.listdir(new))]
+    for name in os.listdir(new):
+        with open(os.path.join(new, name), "rb") as a, open(version / "text" / name, "rb") as b:
+            assert a.read() == b.read(), name
