@@ -205,10 +205,9 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
                        "embedding": vector})
         summaries.append(stage.build(shard, records(), num_shards))
         print(f"synthetic shard {shard + 1}/{num_shards} written", file=sys.stderr, flush=True)
-    tables = [pq.read_table(os.path.join(folder, summary["metadata_file"]),
-                            columns=["caption", "category", "title"]) for summary in summaries]
-    names = build_text_index(tables, os.path.join(folder, TEXT_DIR))
-    del tables
+    tables = (pq.read_table(os.path.join(folder, summary["metadata_file"]),
+                            columns=["caption", "category", "title"]) for summary in summaries)
+    names = build_text_index(tables, os.path.join(folder, TEXT_DIR))  # a shard at a time
     manifest = {"schema_version": SCHEMA_VERSION, "version_id": "synthetic",
                 "model": {"name": "synthetic", "fingerprint": "synthetic",
                           "embedding_dim": dimension},
