@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 import numpy as np
+
+from models.vectors import unit_length
 from PIL import Image
 
 DATASET_DIR = "/usr/share/datasets/fashion-mnist"
@@ -127,11 +129,6 @@ def run_production_path(model, captioner, images: np.ndarray, batch_size: int) -
 
 
 # ----------------------------------------------------------------------------- retrieval
-
-def l2_normalized(vectors: np.ndarray) -> np.ndarray:
-    vectors = vectors.astype(np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
 
 def precision_at_k(unit_vectors: np.ndarray, labels: np.ndarray, k: int = 10,
                    chunk_rows: int = 1000) -> np.ndarray:
@@ -244,7 +241,7 @@ def main() -> None:
     tick = time.perf_counter()
     embeddings = np.concatenate(model_pass.embeddings)
     embedding_precision = precision_at_k(embeddings, labels, args.k)
-    pixel_precision = precision_at_k(l2_normalized(images.reshape(len(images), -1)), labels,
+    pixel_precision = precision_at_k(unit_length(images.reshape(len(images), -1)), labels,
                                      args.k)
     knn_seconds = time.perf_counter() - tick
 

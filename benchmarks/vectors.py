@@ -35,6 +35,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from models.vectors import unit_length
 import pyarrow.parquet as pq
 
 PYTHON = sys.executable
@@ -96,7 +98,7 @@ def read_embeddings(version_dir: str):
 
 def precision_at_10(vectors: np.ndarray, classes: np.ndarray, queries: np.ndarray) -> float:
     """Leave-one-out P@10 by exact cosine search, for the rows ``queries``."""
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    unit = unit_length(vectors)
     hits = 0
     for start in range(0, len(queries), 1024):
         rows = queries[start:start + 1024]

@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from models.vectors import unit_length
+
 DEFAULT_TEXT_COLUMNS = ("title", "category")
 MAX_SAMPLE = 10_000  # items with text the model is fitted on (their vectors as float16)
 MIN_SUPPORT = 5  # sampled items a phrase needs to join the vocabulary
@@ -59,8 +61,7 @@ def sample_key(item_id: str) -> bytes:
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float64)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return unit_length(vectors, np.float64)
 
 
 @dataclasses.dataclass(frozen=True)

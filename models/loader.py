@@ -41,6 +41,7 @@ from models import efficientnet_lite
 from models.labels import imagenet_class_names
 from models.native_logs import quiet_native_logs
 from models.preprocessing import PreprocessingSpec, normalize
+from models.vectors import unit_length
 
 DEFAULT_MODEL = "efficientnet_lite0"
 BUILTIN_MODELS = tuple(efficientnet_lite.VARIANTS)  # lite0, lite1, lite2
@@ -87,12 +88,6 @@ class ModelOutput:
     probabilities: Optional[np.ndarray]  # float32 [N, C] or None
 
 
-def l2_normalize(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
 def _split_outputs(outputs) -> ModelOutput:
     """A model returns a dict {embedding, probabilities?} or a single embedding tensor."""
     if isinstance(outputs, dict):
@@ -101,7 +96,7 @@ def _split_outputs(outputs) -> ModelOutput:
             value for key, value in sorted(outputs.items()) if key != "probabilities")
     else:
         embedding, probabilities = outputs, None
-    return ModelOutput(l2_normalize(np.asarray(embedding)),
+    return ModelOutput(unit_length(np.asarray(embedding)),
                        None if probabilities is None else np.asarray(probabilities, np.float32))
 
 

@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from models.vectors import unit_length
+
 LDA_SHRINK = 0.1  # within-label scatter + LDA_SHRINK * its mean eigenvalue * identity
 LDA_WEIGHT = 0.5  # share of the cosine that the LDA part carries, when there is one
 FILE_FORMAT = 1
@@ -68,9 +70,9 @@ class Projection:
         # the float32 value in all but the rarest ties (BLAS sums a matrix and a vector in
         # different orders).
         centered = vectors.astype(np.float64) - self.mean.astype(np.float64)
-        parts = [_unit(centered @ self.pca.astype(np.float64)) * np.sqrt(1.0 - self.lda_weight)]
+        parts = [unit_length(centered @ self.pca.astype(np.float64), np.float64) * np.sqrt(1.0 - self.lda_weight)]
         if self.lda.shape[1]:
-            parts.append(_unit(centered @ self.lda.astype(np.float64)) * np.sqrt(self.lda_weight))
+            parts.append(unit_length(centered @ self.lda.astype(np.float64), np.float64) * np.sqrt(self.lda_weight))
         return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
     def residual(self, vectors: np.ndarray) -> tuple:
@@ -177,11 +179,6 @@ def label_of(value) -> Optional[str]:
     """A catalog cell as a label: its text, stripped (a number's too); None when empty."""
     text = "" if value is None else str(value).strip()
     return text or None
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def _fixed_signs(components: np.ndarray) -> np.ndarray:
