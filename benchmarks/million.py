@@ -50,7 +50,8 @@ vectors read back from the Annoy files chunk by chunk).
 **model-rate**: builds of the catalog's first 200 and 2,000 images with the small model and
 with the default model (efficientnet_lite0, TFLite), the faster of two runs each:
 images/s, the marginal images/s and CPU ms per image (2,000 - 200 over the difference,
-so that fixed costs cancel), plus each model's bare TFLite images/s on the same images.
+so that fixed costs cancel), plus each model's bare TFLite images/s on the same images and
+the leave-one-out P@10 of its raw vectors by Fashion-MNIST class.
 
 **night --items N**: from the published ``base`` of N items: 1% of the images replaced in
 place (same path, other bytes), 0.5% added, 0.5% removed; built incrementally (default
@@ -683,8 +684,11 @@ def run_reader(args) -> dict:
 
 # ----------------------------------------------------------------------------- model rate
 
-def bare_rate(model_spec: str, images: Sequence[bytes], batch: int = 4, passes: int = 3) -> dict:
-    """The model's TFLite images/s on pre-decoded batches (the best of ``passes``)."""
+def bare_rate(model_spec: str, images: Sequence[bytes], labels: np.ndarray, batch: int = 4,
+              passes: int = 3) -> dict:
+    """The model's TFLite images/s on pre-decoded batches (the best of ``passes``), and
+    the leave-one-out P@10 of its raw vectors against the images' ``labels`` (exact
+    cosine): whether its neighbours mean something."""
     from models.loader import load_model
     from models.preprocessing import preprocess_image
 
@@ -692,14 +696,20 @@ def bare_rate(model_spec: str, images: Sequence[bytes], batch: int = 4, passes: 
     pixels = np.stack([preprocess_image(data, model.info.preprocessing).pixels
                        for data in images])
     model.predict(pixels[:batch])
-    best = 0.0
+    best, vectors = 0.0, []
     for _ in range(passes):
         started = time.perf_counter()
-        for start in range(0, len(pixels), batch):
-            model.predict(pixels[start:start + batch])
+        vectors = [model.predict(pixels[start:start + batch]).embeddings
+                   for start in range(0, len(pixels), batch)]
         best = max(best, len(pixels) / (time.perf_counter() - started))
+    vectors = np.concatenate(vectors)
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :10]
+    p_at_10 = float((labels[nearest] == labels[:, None]).mean())
     return {"model": model.info.name, "bare_images_per_s": round(best, 1), "batch": batch,
-            "threads": model.threads, "input_size": model.info.preprocessing.input_size}
+            "threads": model.threads, "input_size": model.info.preprocessing.input_size,
+            "p_at_10_raw": round(p_at_10, 3)}
 
 
 def measure_model_rate(work: str, repeats: int = 2) -> dict:
@@ -985,14 +995,14 @@ def print_table(work: str) -> None:
 def _print_rate(rate: dict, where: str = "") -> None:
     print(f"\nmodel rate{' ' + where if where else ''} (TFLite; builds of {RATE_SIZES[0]} and {RATE_SIZES[1]} "
           "catalog images):")
-    print("| model | bare images/s | build images/s (2,000) | marginal images/s | fixed s "
-          "| marginal CPU ms/image |")
-    print("|---|---|---|---|---|---|")
+    print("| model | P@10, raw vectors | bare images/s | build images/s (2,000) "
+          "| marginal images/s | fixed s | marginal CPU ms/image |")
+    print("|---|---|---|---|---|---|---|")
     for label in ("small", "default"):
         row = rate[label]
-        print(f"| {row['model']} | {row['bare_images_per_s']} | {row['build_images_per_s']} | "
-              f"{row['marginal_images_per_s']} | {row['fixed_s']} | "
-              f"{row.get('marginal_cpu_ms_per_image', '-')} |")
+        print(f"| {row['model']} | {row.get('p_at_10_raw', '-')} | {row['bare_images_per_s']} "
+              f"| {row['build_images_per_s']} | {row['marginal_images_per_s']} | "
+              f"{row['fixed_s']} | {row.get('marginal_cpu_ms_per_image', '-')} |")
 
 
 # ----------------------------------------------------------------------------- main
@@ -1038,9 +1048,10 @@ def main(argv=None) -> None:
         return
     if args.command == "bare-rate":
         folder = os.path.join(args.work, "catalog")
-        images = [open(os.path.join(folder, image_path(n)), "rb").read()
-                  for n in range(max(RATE_SIZES))]
-        print(json.dumps(bare_rate(args.model, images)))
+        count = max(RATE_SIZES)
+        images = [open(os.path.join(folder, image_path(n)), "rb").read() for n in range(count)]
+        labels = fashion_images()[1][np.arange(count) % SOURCES]
+        print(json.dumps(bare_rate(args.model, images, labels)))
         return
     os.makedirs(args.work, exist_ok=True)
     if args.command == "catalog":
