@@ -445,8 +445,11 @@ def timed(command: Sequence[str], work: str, name: str, interval: float = 1.0) -
     wall = time.monotonic() - started
     for reader in readers:
         reader.join()
-    with open(time_file) as stream:
-        time_v = stream.read()
+    try:
+        with open(time_file) as stream:
+            time_v = stream.read()
+    except FileNotFoundError:
+        time_v = ""
     with open(os.path.join(folder, "rss.csv"), "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["seconds", "tree_rss_kb", "largest_process_rss_kb", "processes",
@@ -605,9 +608,10 @@ def exact_top_k(index, queries: np.ndarray, own: np.ndarray, k: int = 10,
     return best_scores, best_ids
 
 
-def reader_probe(root: str, version: str, queries: int, seed: int = 0) -> dict:
-    """Open ``version`` of ``root``, time ``queries`` item queries, then their recall@10
-    against exact search. Run in a fresh process."""
+def reader_probe(root: str, version: str, queries: int, recall: bool = True,
+                 seed: int = 0) -> dict:
+    """Open ``version`` of ``root``, time ``queries`` item queries, then (``recall``) their
+    recall@10 against exact search. Run in a fresh process."""
     from search import PublishedIndex
 
     before = _self_kb("RssAnon:")
@@ -630,9 +634,17 @@ def reader_probe(root: str, version: str, queries: int, seed: int = 0) -> dict:
         hits = index.query_item(item, k=10)
         timings.append((time.perf_counter() - started) * 1000)
         answers.append([hit.item_id for hit in hits])
-    anon_after_queries = _self_kb("RssAnon:")
-    rss_after_queries = _self_kb("VmRSS:")
-
+    result = {"items": len(index), "shards": len(index.shards), "dimension": index.dimension,
+              "open_s": round(open_s, 3),
+              "rss_anon_mb_before_open": before // 1024,
+              "rss_anon_mb_after_open": anon_after_open // 1024,
+              "rss_anon_mb_after_queries": _self_kb("RssAnon:") // 1024,
+              "rss_mb_after_queries": _self_kb("VmRSS:") // 1024,
+              "queries": len(picks),
+              "item_query_ms_p50": round(float(np.percentile(timings, 50)), 3),
+              "item_query_ms_p99": round(float(np.percentile(timings, 99)), 3)}
+    if not recall:
+        return result
     started = time.perf_counter()
     vectors = _unit_rows(np.array([index.vector(item) for _, item in picks], np.float32))
     own = np.array([global_id for global_id, _ in picks], np.int64)
@@ -648,16 +660,7 @@ def reader_probe(root: str, version: str, queries: int, seed: int = 0) -> dict:
         hit_scores = [float(vectors[q] @ _unit_rows(index.vector(hit)[None])[0]) for hit in hits]
         with_ties.append(min(10, sum(score >= exact_scores[q, -1] - 1e-5
                                      for score in hit_scores)) / 10)
-    return {"items": len(index), "shards": len(index.shards), "dimension": index.dimension,
-            "open_s": round(open_s, 3),
-            "rss_anon_mb_before_open": before // 1024,
-            "rss_anon_mb_after_open": anon_after_open // 1024,
-            "rss_anon_mb_after_queries": anon_after_queries // 1024,
-            "rss_mb_after_queries": rss_after_queries // 1024,
-            "queries": len(picks),
-            "item_query_ms_p50": round(float(np.percentile(timings, 50)), 3),
-            "item_query_ms_p99": round(float(np.percentile(timings, 99)), 3),
-            "recall_at_10": round(float(np.mean(by_id)), 4),
+    return {**result, "recall_at_10": round(float(np.mean(by_id)), 4),
             "recall_at_10_ties_counted": round(float(np.mean(with_ties)), 4),
             "exact_search_s": round(exact_s, 1),
             "rss_anon_mb_after_exact_search": _self_kb("RssAnon:") // 1024}
@@ -670,9 +673,9 @@ def run_reader(args) -> dict:
     command = [PYTHON, "-m", "benchmarks.million", "reader-probe", root,
                "--version", BASE_VERSION, "--queries", str(args.queries)]
     runs = []
-    for attempt in ("first (warms the page cache)", "warm"):
-        log(f"reader, {attempt}: {' '.join(command[2:])}")
-        done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    for attempt, extra in (("first (warms the page cache)", ["--no-recall"]), ("warm", [])):
+        log(f"reader, {attempt}: {' '.join(command[2:] + extra)}")
+        done = subprocess.run(command + extra, capture_output=True, text=True, cwd=HERE)
         if done.returncode:
             sys.exit(f"reader probe failed: {done.stderr[-3000:]}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -943,7 +946,8 @@ def print_table(work: str) -> None:
         print("|---|---|---|---|---|---|---|---|---|---|")
         for key in sorted(builds, key=int):
             row = builds[key]
-            print(f"| {int(key):,} | {row['exit']} | {row.get('counts', {}).get('indexed', '-'):,} "
+            indexed = row.get("counts", {}).get("indexed")
+            print(f"| {int(key):,} | {row['exit']} | {'-' if indexed is None else f'{indexed:,}'} "
                   f"| {row.get('shards', '-')} | {row['wall_s']:.0f} | "
                   f"{row.get('items_per_s', '-')} | {row['cpu_s']:.0f} | "
                   f"{_gb(row['peak_rss_kb'])} | {_gb(row['sampled_peak_tree_rss_kb'])}, "
@@ -1038,13 +1042,14 @@ def main(argv=None) -> None:
     probe.add_argument("root")
     probe.add_argument("--version", default=BASE_VERSION)
     probe.add_argument("--queries", type=int, default=1000)
+    probe.add_argument("--no-recall", dest="recall", action="store_false")
     bare = commands.add_parser("bare-rate")
     bare.add_argument("model")
     bare.add_argument("--work", default=DEFAULT_WORK)
     args = parser.parse_args(argv)
 
     if args.command == "reader-probe":
-        print(json.dumps(reader_probe(args.root, args.version, args.queries)))
+        print(json.dumps(reader_probe(args.root, args.version, args.queries, args.recall)))
         return
     if args.command == "bare-rate":
         folder = os.path.join(args.work, "catalog")
