@@ -904,6 +904,7 @@ def run_night(args) -> dict:
     finally:
         restore_originals(work)
         rollback(root, BASE_VERSION)
+    save_result(work, "nights", str(items), result)  # so far; the moved night follows
     if not args.keep:
         shutil.rmtree(full_root, ignore_errors=True)
         shutil.rmtree(version_folder(root, "night"), ignore_errors=True)
@@ -971,6 +972,9 @@ def print_table(work: str) -> None:
     if rate:
         _print_rate(rate)
     for key, night in sorted(results.get("nights", {}).items(), key=lambda kv: int(kv[0])):
+        if "moved" not in night:
+            print(f"\nnight at {int(key):,}: incomplete: {night}")
+            continue
         _print_rate(night["model_rate"], f"in the night's run at {int(key):,}")
         inc, full = night["incremental"], night["full"]
         moved = night["moved"]["build"]
