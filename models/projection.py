@@ -170,9 +170,11 @@ _ARRAYS = ("format", "mean", "pca", "lda", "explained_variance", "sample_size", 
 
 
 def _rank(components: np.ndarray) -> int:
-    """The number of independent directions among the columns (numerical rank)."""
-    values = np.linalg.svd(components, compute_uv=False)
-    return int(np.sum(values > max(float(values.max(initial=0.0)), 1e-30) * 1e-6))
+    """The number of independent directions among the columns (numerical rank), from the
+    eigenvalues of their Gram matrix (the squared singular values: [k, k], milliseconds,
+    where an SVD of the [input_dim, k] matrix took a second on every reader's open)."""
+    values = np.linalg.eigvalsh(components.T @ components)
+    return int(np.sum(values > max(float(values.max(initial=0.0)), 1e-60) * 1e-12))
 
 
 def label_of(value) -> Optional[str]:
