@@ -157,11 +157,9 @@ def use_anonymous_beam_credentials_with_emulator() -> None:
     would otherwise retry google.auth.default for ~17 s before going anonymous itself."""
     if not using_emulator():
         return
-    from apache_beam.internal.gcp import auth
+    from runners.beam_gcs import use_anonymous_beam_credentials
 
-    with auth._Credentials._credentials_lock:
-        auth._Credentials._credentials = None
-        auth._Credentials._credentials_init = True
+    use_anonymous_beam_credentials()
 
 
 def _blob(path: str):

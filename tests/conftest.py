@@ -94,7 +94,8 @@ def photos():
 def gcs_emulator():
     """A fake-gcs-server process for the session; the clients point at it."""
     from catalog_index import storage
-    from tests.gcs_emulator import GcsEmulator, use_anonymous_beam_credentials
+    from runners.beam_gcs import use_anonymous_beam_credentials
+    from tests.gcs_emulator import GcsEmulator
 
     emulator = GcsEmulator()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")

