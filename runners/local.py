@@ -39,25 +39,29 @@ each: +1.15 GB in the 20 s after the last image):
 On a 20-line pipeline of 100,000 such values in 10 groups the peak went from 2.0 GB to
 1.3 GB. The runner still holds the shuffled values once, encoded: memory-bounded in the
 catalog needs a shuffle on disk or a service (Dataflow's), not an in-memory runner.
+
+The patches are swapped in only while ``LocalRunner.run_pipeline`` runs (``PATCHES``) and
+restored after, on error too. Every Beam internal they rely on is described in
+``runners/fn_api_internals.py`` and checked when this module is imported: another Beam
+version, or a renamed or reshaped internal, is refused with a one-line reason
+(``IncompatibleBeam``). Beam's own runner still having each gap is tested
+(``tests/test_local_runner.py``), so an upgrade that fixes one shows.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
-
 from apache_beam.coders.coder_impl import create_OutputStream
-from apache_beam.portability.api import beam_fn_api_pb2
-from apache_beam.runners.portability.fn_api_runner import (
-    FnApiRunner, execution, fn_runner, worker_handlers)
 from apache_beam.portability import common_urns
-from apache_beam.runners.portability.fn_api_runner import translations
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.portability.fn_api_runner.translations import unique_name
+
+from runners.beam_internals import IncompatibleBeam, Patch, Patches  # noqa: F401 (re-exported)
+from runners.fn_api_internals import execution, fn_runner, translations, worker_handlers
+from runners.memory import return_freed_memory, trim_freed_memory
 
 # Longer than any bundle lives: the timer thread never fires (about 24.8 days).
 _NEVER_MS = 2 ** 31 - 1
-_M_ARENA_MAX, _ARENAS = -8, 2  # glibc's mallopt parameter, and the arenas we allow
 # A grouping buffer hands freed memory back to the system after about this much.
 _TRIM_EVERY_BYTES = 64 * 2**20
 # Grouped values are stored, and read by the workers, in pages of about this size.
@@ -65,36 +69,6 @@ STATE_PAGE_BYTES = 4 * 2**20
 # A group whose values encode to less than this travels inline, with its key; only the rest
 # of a larger group goes through the state API.
 INLINE_GROUP_BYTES = 2**20
-
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"))
-    except OSError:
-        return None
-
-
-def trim_freed_memory() -> None:
-    """glibc keeps freed blocks in its heap, as resident memory, until told to give back
-    the free pages (``malloc_trim``); the grouped values a runner frees are millions of
-    small blocks that nothing else reuses."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
-def return_freed_memory() -> None:
-    """Allocators that keep what a build frees keep it for the whole build, as resident
-    memory: glibc gives each new thread a malloc arena of its own (up to 8 per core, and a
-    build runs dozens of threads), and Arrow's mimalloc pool holds freed segments. Two
-    arenas, and Arrow on the system allocator."""
-    import pyarrow
-
-    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_ARENA_MAX, _ARENAS)
 
 
 class GroupByGroupBuffer(execution.GroupingBuffer):
@@ -194,6 +168,20 @@ class PagedWorkerHandlerManager(worker_handlers.WorkerHandlerManager):
         self.state_servicer = PagedStateServicer()
 
 
+# What LocalRunner swaps in while a pipeline runs; each is described, and checked, in
+# runners/fn_api_internals.py. Looked up by name when the runner starts an embedded worker,
+# makes a buffer for a GroupByKey's output, its execution context and its worker handlers,
+# and the coders of a GroupByKey's output.
+PATCHES = Patches([
+    Patch(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", _NEVER_MS),
+    Patch(execution, "GroupingBuffer", GroupByGroupBuffer),
+    Patch(execution, "FnApiRunnerExecutionContext", PagedExecutionContext),
+    Patch(fn_runner, "WorkerHandlerManager", PagedWorkerHandlerManager),
+    Patch(translations.TransformContext, "with_state_iterables",
+          _with_state_iterables_inline_below),
+])
+
+
 class LocalRunner(FnApiRunner):
     """The FnApiRunner with its embedded workers' timed flush switched off, grouped values
     partitioned group by group and read by the workers page by page, and freed memory
@@ -208,13 +196,6 @@ class LocalRunner(FnApiRunner):
         super().__init__(**kwargs)
 
     def run_pipeline(self, pipeline, options):
-        # Read by EmbeddedGrpcWorkerHandler when it starts a worker for this pipeline.
-        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = _NEVER_MS
-        # Looked up by name when the runner makes a buffer for a GroupByKey's output, its
-        # execution context and its worker handlers.
-        execution.GroupingBuffer = GroupByGroupBuffer
-        fn_runner.execution.FnApiRunnerExecutionContext = PagedExecutionContext
-        fn_runner.WorkerHandlerManager = PagedWorkerHandlerManager
-        translations.TransformContext.with_state_iterables = _with_state_iterables_inline_below
         return_freed_memory()
-        return super().run_pipeline(pipeline, options)
+        with PATCHES.applied():
+            return super().run_pipeline(pipeline, options)
