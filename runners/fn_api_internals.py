@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from apache_beam.runners.portability.fn_api_runner import (
     execution, fn_runner, translations, worker_handlers)
+from apache_beam.runners.worker import data_plane
 
 from runners.beam_internals import Internal, a_class, an_instance_of, check, parameters
 
 RELIED_ON = [
     # Patched in for the duration of a pipeline (runners.local.PATCHES).
     Internal(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", an_instance_of(int)),
+    Internal(data_plane, "_DEFAULT_SEND_QUEUE_MAX_BYTES", an_instance_of(int)),
     Internal(execution, "GroupingBuffer", a_class(
         "_key_coder _pre_grouped_coder _post_grouped_coder _windowing _grouped_output",
         __init__="self pre_grouped_coder post_grouped_coder windowing",
@@ -26,6 +28,11 @@ RELIED_ON = [
     Internal(fn_runner, "WorkerHandlerManager", a_class(
         "state_servicer", __init__="self environments job_provision_info",
         close_all="self")),
+    Internal(fn_runner, "BundleManager", a_class(
+        "_worker_handler",
+        process_bundle="self inputs expected_outputs fired_timers expected_output_timers "
+                       "dry_run",
+        _send_input_to_worker="self process_bundle_id read_transform_id byte_streams")),
     # (self, coder_id), behind Beam's memoize_on_instance wrapper.
     Internal(translations.TransformContext, "with_state_iterables", parameters("self args")),
     # Subclassed or called.
@@ -41,6 +48,12 @@ RELIED_ON = [
         append_raw="self state_key data", _to_key="state_key")),
     Internal(translations, "unique_name", parameters("existing prefix")),
     Internal(translations, "split_buffer_id", parameters("buffer_id")),
+    Internal(data_plane, "InMemoryDataChannel", a_class(
+        output_stream="self instruction_id transform_id")),
+    Internal(data_plane, "_GrpcDataChannel", a_class(
+        close="self", output_stream="self instruction_id transform_id")),
+    Internal(data_plane, "SizeBasedBufferingClosableOutputStream", a_class(
+        maybe_flush="self", close="self")),
 ]
 
 check(RELIED_ON)
