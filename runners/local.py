@@ -66,7 +66,7 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from runners.beam_internals import IncompatibleBeam, Patch, Patches  # noqa: F401 (re-exported)
+from runners.beam_internals import Patch, Patches
 from runners.fn_api_internals import (
     data_plane, execution, fn_runner, translations, worker_handlers)
 from runners.memory import return_freed_memory

@@ -95,19 +95,15 @@ class SpillFile:
             length -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    @property
-    def size(self) -> int:
-        return self._end
-
     def close(self) -> None:
         self._file.close()
 
 
 class Spiller:
-    """Keeps chunks in memory until they add up to ``budget`` bytes; the rest go to disk."""
+    """Keeps chunks in memory until they add up to SPILL_BYTES; the rest go to disk."""
 
-    def __init__(self, budget: int = None):
-        self.budget = SPILL_BYTES if budget is None else budget
+    def __init__(self):
+        self.budget = SPILL_BYTES  # read now: tests lower it
         self.in_memory = 0
         self.file = None
         self._lock = threading.Lock()
