@@ -39,10 +39,14 @@ def query_sample(count: int, wanted: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, wanted).round().astype(int))
 
 
-def exact_neighbours(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
-                     chunk: int = 256) -> np.ndarray:
+# Query rows scored against a whole shard at a time: as many as keep each score matrix to
+# about this many floats (16 MB; scoring, partitioning and ranking make a few copies).
+SCORES_PER_CHUNK = 4_000_000
+
+
+def exact_neighbours(vectors: np.ndarray, query_ids: Sequence[int], k: int = K) -> np.ndarray:
     """Brute-force top-k by cosine for each query row, the query itself left out."""
-    return _exact_search(vectors, query_ids, k, chunk)[0]
+    return _exact_search(vectors, query_ids, k)[0]
 
 
 # A space ranks a query when its nearest items are nearer than a typical item by more than
@@ -51,8 +55,7 @@ def exact_neighbours(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
 RANK_MARGIN = 1e-4
 
 
-def _exact_search(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
-                  chunk: int = 256) -> tuple:
+def _exact_search(vectors: np.ndarray, query_ids: Sequence[int], k: int = K) -> tuple:
     """-> (top-k by cosine for each query row, the query itself left out; how many of the
     queries the space ranks, how many could be judged). Queries are judged in a shard of
     more than 2 * K rows (in a smaller one, a few duplicate images would decide): a query
@@ -60,6 +63,7 @@ def _exact_search(vectors: np.ndarray, query_ids: Sequence[int], k: int = K,
     more than RANK_MARGIN."""
     n = len(vectors)
     k = min(k, n - 1)
+    chunk = max(1, SCORES_PER_CHUNK // max(n, 1))
     result = np.empty((len(query_ids), k), dtype=np.int64)
     judge_at = K if n > 2 * K else 0
     ranked = 0

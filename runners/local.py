@@ -27,7 +27,7 @@
 
    Fix, measured on 20-line pipelines (``benchmarks/shuffle_memory.py``):
 
-   - the buffers keep at most ``runners.spill.SPILL_BYTES`` (64 MB) each in memory and
+   - the buffers keep at most ``runners.spill.SPILL_BYTES`` (16 MB) each in memory and
      the rest, encoded, in an unlinked file in ``$TMPDIR`` (``runners/spill.py``); a
      GroupByKey's groups are encoded one at a time, the workers get the same bytes in the
      same order;
@@ -69,7 +69,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from runners.beam_internals import Patch, Patches
 from runners.fn_api_internals import (
     data_plane, execution, fn_runner, translations, worker_handlers)
-from runners.memory import return_freed_memory
+from runners.memory import return_freed_memory, trim_freed_memory
 from runners.spill import SpillingGroupingBuffer, SpillingListBuffer, Spiller, read
 
 # Longer than any bundle lives: the timer thread never fires (about 24.8 days).
@@ -190,6 +190,7 @@ class StreamingInputBundleManager(fn_runner.BundleManager):
             raise failed
         if bundle_error is not None:
             raise bundle_error
+        trim_freed_memory()  # what the bundle freed, handed back before the next stage
         return result
 
     def _send_input_to_worker(self, process_bundle_id, read_transform_id, byte_streams):

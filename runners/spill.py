@@ -36,7 +36,7 @@ from runners.fn_api_internals import execution
 from runners.memory import trim_freed_memory
 
 # A buffer keeps about this many bytes of its PCollection in memory, and the rest on disk.
-SPILL_BYTES = 64 * 2**20
+SPILL_BYTES = 16 * 2**20
 # Spilled elements of one group are written, and read back, in runs of about this size.
 SEGMENT_BYTES = 4 * 2**20
 # Encoded groups for one worker are joined into chunks of about this size before they are

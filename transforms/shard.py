@@ -48,7 +48,9 @@ from transforms.write_metadata import write_embeddings_parquet, write_metadata_p
 STAGING_DIR = "_staging/vectors"  # inside the version, deleted once the shards are built
 STAGE_FILE_BYTES = 8 << 20  # a shard's staged vectors go to a file once they are this many
 STAGE_BUFFER_BYTES = 64 << 20  # a worker's staged vectors not yet written, at most
-ROWS_PER_SLICE = 16_384  # model vectors of a shard read at a time (84 MB at 1,280-d)
+# Model vectors of a shard read at a time for captions and the projection (20 MB at
+# 1,280-d; each slice costs a few float64 copies of itself on the way)
+ROWS_PER_SLICE = 4096
 KEPT_SAMPLE = 5_000  # items of a shard among which a projection's kept neighbours are counted
 LABEL_QUERIES = 2000  # labelled items of a build whose neighbours' labels the gate checks
 PROJECTION_QUERIES = 500  # items whose neighbours the gate checks a projection keeps
