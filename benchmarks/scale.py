@@ -2,7 +2,7 @@
 and answer fast at a million items?
 
     .venv/bin/python -m benchmarks.scale build [--sizes 10000,30000,100000]
-    .venv/bin/python -m benchmarks.scale reader-1m [--items 1000000]
+    .venv/bin/python -m benchmarks.scale reader-1m [--items 1000000] [--per-shard N] [--reuse]
 
 ``build``: catalogs of real product images (the 70,000 Fashion-MNIST images of the Debian
 package ``dataset-fashion-mnist``, saved as 28x28 PNGs; past 70,000, mirrored copies as new
@@ -12,10 +12,15 @@ peak RSS, and RSS per item; then, against each published version, the reader's o
 anonymous memory (``RssAnon``: memory-mapped files not counted) and p50/p99 latency of item
 and text queries, each measured in a fresh process.
 
-``reader-1m``: a version of 1,000,000 synthetic items in shards of the default size
-(``--max-items-per-shard``), 1,280-d vectors around 2,000
-centres, so that Annoy behaves as on real embeddings; metadata shaped like the build's)
-written by the build's own shard and text-index code, then opened and queried as above.
+``reader-1m``: a version of 1,000,000 synthetic items (265-d vectors, the build's index
+width by default, around 2,000 centres, so that Annoy behaves as on real embeddings;
+metadata shaped like the build's) in shards cut as the build cuts them (``--max-shard-mb``:
+4 shards), or of ``--per-shard`` items, each shard's search_k tuned for recall@10 0.95 as
+the build tunes it; written by the build's own shard and text-index code. Then opened in
+a fresh process with an empty reader cache (every file hashed, metadata copied to Arrow),
+and ``--runs`` times more with the cache that left (warm): open time, ``RssAnon`` after
+open and after the queries, p50/p99 of item and text queries, and (first warm run)
+recall@10 of ``query_item`` against exact search over every indexed vector.
 """
 
 from __future__ import annotations
@@ -77,10 +82,11 @@ def timed_build(catalog: str, output: str) -> dict:
                                   for line in done.stderr.splitlines())}
 
 
-def measure_reader(root: str, queries: int = 200) -> dict:
-    """Open ``root``'s LATEST in a fresh process and time item and text queries there."""
+def measure_reader(root: str, queries: int = 200, recall_queries: int = 0) -> dict:
+    """Open ``root``'s LATEST in a fresh process and time item and text queries there (and
+    measure query_item's recall@10 over ``recall_queries`` items, after the timings)."""
     done = subprocess.run([PYTHON, "-m", "benchmarks.scale", "reader-probe", root,
-                           "--queries", str(queries)],
+                           "--queries", str(queries), "--recall-queries", str(recall_queries)],
                           capture_output=True, text=True, cwd=HERE)
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
@@ -92,7 +98,7 @@ def _rss_kb(field: str) -> int:
         return int(next(line for line in status if line.startswith(field)).split()[1])
 
 
-def reader_probe(root: str, queries: int) -> dict:
+def reader_probe(root: str, queries: int, recall_queries: int = 0) -> dict:
     from search import PublishedIndex
 
     before = _rss_kb("RssAnon:")
@@ -121,16 +127,44 @@ def reader_probe(root: str, queries: int) -> dict:
         started = time.perf_counter()
         index.query_text(TEXT_QUERIES[n % len(TEXT_QUERIES)], k=10)
         text_ms.append((time.perf_counter() - started) * 1000)
-    return {"items": count, "open_s": round(open_s, 3),
-            "rss_anon_mb_before_open": before // 1024,
-            "rss_anon_mb_after_open": anon_after_open // 1024,
-            "rss_anon_mb_after_queries": _rss_kb("RssAnon:") // 1024,
-            "rss_mb_after_queries": _rss_kb("VmRSS:") // 1024,
-            "item_query_ms_p50": round(float(np.percentile(item_ms, 50)), 3),
-            "item_query_ms_p99": round(float(np.percentile(item_ms, 99)), 3),
-            "first_text_query_s": round(text_open_s, 3),
-            "text_query_ms_p50": round(float(np.percentile(text_ms, 50)), 3),
-            "text_query_ms_p99": round(float(np.percentile(text_ms, 99)), 3)}
+    measured = {"items": count, "shards": len(index.shards),
+                "search_k": sorted({shard.search_k for shard in index.shards}),
+                "open_s": round(open_s, 3),
+                "rss_anon_mb_before_open": before // 1024,
+                "rss_anon_mb_after_open": anon_after_open // 1024,
+                "rss_anon_mb_after_queries": _rss_kb("RssAnon:") // 1024,
+                "rss_mb_after_queries": _rss_kb("VmRSS:") // 1024,
+                "item_query_ms_p50": round(float(np.percentile(item_ms, 50)), 3),
+                "item_query_ms_p99": round(float(np.percentile(item_ms, 99)), 3),
+                "first_text_query_s": round(text_open_s, 3),
+                "text_query_ms_p50": round(float(np.percentile(text_ms, 50)), 3),
+                "text_query_ms_p99": round(float(np.percentile(text_ms, 99)), 3)}
+    if recall_queries:
+        measured.update(item_query_recall(index, recall_queries))
+    return measured
+
+
+def item_query_recall(index, queries: int, k: int = 10) -> dict:
+    """recall@k of ``query_item`` against exact search over every indexed vector: the exact
+    top-k by cosine in the index's space (the Annoy files' vectors), the item itself left
+    out, for ``queries`` items spread evenly over the version."""
+    from catalog_index import ann
+
+    total = len(index)
+    vectors = np.empty((total, index.dimension), dtype=np.float32)
+    item_ids, row = [], 0
+    for shard in index.shards:
+        for annoy_id in range(shard.annoy.get_n_items()):
+            vectors[row] = shard.annoy.get_item_vector(annoy_id)
+            row += 1
+        item_ids.extend(shard.metadata.column("item_id").to_pylist())
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    rows = ann.query_sample(total, queries)
+    exact = ann.exact_neighbours(vectors, rows, k, chunk=32)
+    found = sum(len({hit.item_id for hit in index.query_item(item_ids[query], k)}
+                    & {item_ids[i] for i in truth})
+                for query, truth in zip(rows.tolist(), exact.tolist()))
+    return {"recall_at_10": round(found / exact.size, 4), "recall_queries": len(rows)}
 
 
 def run_builds(sizes, work: str) -> None:
@@ -160,10 +194,18 @@ def run_builds(sizes, work: str) -> None:
               f"{slope:,.0f} bytes per item")
 
 
-def write_synthetic_version(root: str, items: int, dimension: int = 1280,
-                            per_shard: Optional[int] = None, seed: int = 0) -> None:
-    """A published version of ``items`` synthetic items, written by the build's own code
-    (shards of ``per_shard`` items, by default the build's default)."""
+SYNTHETIC_DIMENSION = 265  # PCA 256 + LDA 9: the build's index width by default
+
+
+def write_synthetic_version(root: str, items: int, dimension: int = SYNTHETIC_DIMENSION,
+                            per_shard: Optional[int] = None, seed: int = 0,
+                            target_recall: float = 0.95, vectors=None) -> None:
+    """A published version of ``items`` synthetic items, written by the build's own code:
+    shards of ``per_shard`` items (by default cut as the build cuts them: at most
+    ``--max-shard-mb`` of index vectors each, 4 shards for a million items at 265-d),
+    each shard's search_k tuned for ``target_recall`` as the build tunes it (its
+    ``--min-recall`` default). ``vectors(numbers)``: the vectors of the items numbered
+    ``numbers`` (by default, around 2,000 random centres)."""
     import hashlib
 
     import pyarrow.parquet as pq
@@ -173,12 +215,12 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
     from catalog_index.storage import sha256_of_file
     from catalog_index.text_index import TEXT_DIR, build_text_index
     from pipelines.demo import FASHION_CLASSES
-    from transforms.shard import (DEFAULT_MAX_ITEMS_PER_SHARD, BuildShard, shard_count,
-                                  shard_of, shard_record)
+    from catalog_index.sizing import DEFAULT_MAX_SHARD_MB, shard_count
+    from transforms.shard import BuildShard, shard_of, shard_record
 
-    per_shard = per_shard or DEFAULT_MAX_ITEMS_PER_SHARD
     folder = version_dir(root, "synthetic")
-    num_shards = shard_count(items, per_shard)
+    num_shards = max(1, -(-items // per_shard)) if per_shard else \
+        shard_count(items, dimension, DEFAULT_MAX_SHARD_MB << 20)
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((2000, dimension)).astype(np.float32)
     by_shard = [[] for _ in range(num_shards)]
@@ -186,14 +228,19 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
         item_id = f"sku-{n:07d}"
         by_shard[shard_of(item_id, num_shards)].append(n)
     stage = BuildShard(folder, ["category", "title"], dimension, n_trees=16, seed=42,
-                       target_recall=0.0, model_fingerprint="synthetic")
+                       target_recall=target_recall, model_fingerprint="synthetic")
     summaries = []
     for shard, numbers in enumerate(by_shard):
-        def records(numbers=numbers):
-            for n in numbers:
+        if vectors is None:
+            shard_vectors = centres[np.asarray(numbers, dtype=np.int64) % 2000] + 0.35 * \
+                rng.standard_normal((len(numbers), dimension)).astype(np.float32)
+        else:
+            shard_vectors = np.asarray(vectors(numbers), dtype=np.float32)
+        shard_vectors /= np.linalg.norm(shard_vectors, axis=1, keepdims=True)
+
+        def records(numbers=numbers, shard_vectors=shard_vectors):
+            for n, vector in zip(numbers, shard_vectors):
                 cls = FASHION_CLASSES[n % 10]
-                vector = centres[n % 2000] + 0.35 * rng.standard_normal(dimension).astype(np.float32)
-                vector /= np.linalg.norm(vector)
                 yield shard_record({"item_id": f"sku-{n:07d}",
                        "image_uri": f"gs://shop/images/{n:07d}.jpg",
                        "sha256": hashlib.sha256(str(n).encode()).hexdigest(),
@@ -204,6 +251,7 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
                        "passthrough": {"title": f"{cls} #{n}", "category": cls},
                        "embedding": vector})
         summaries.append(stage.build(shard, records(), num_shards))
+        del shard_vectors
         print(f"synthetic shard {shard + 1}/{num_shards} written", file=sys.stderr, flush=True)
     tables = (pq.read_table(os.path.join(folder, summary["metadata_file"]),
                             columns=["caption", "category", "title"]) for summary in summaries)
@@ -212,7 +260,7 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
                 "model": {"name": "synthetic", "fingerprint": "synthetic",
                           "embedding_dim": dimension},
                 "index": {"metric": ann.ANNOY_METRIC, "num_shards": num_shards,
-                          "shards": summaries},
+                          "dimension": dimension, "shards": summaries},
                 "text_index": {"library": "bm25s", "documents": items, "files": [
                     {"file": f"{TEXT_DIR}/{name}",
                      "sha256": sha256_of_file(os.path.join(folder, TEXT_DIR, name))}
@@ -222,6 +270,34 @@ def write_synthetic_version(root: str, items: int, dimension: int = 1280,
         json.dump(manifest, stream)
     with open(os.path.join(root, LATEST_FILE), "w") as stream:
         stream.write("synthetic\n")
+
+
+def run_reader_1m(args) -> None:
+    """Write the synthetic version (unless --reuse finds one), then open it with an empty
+    reader cache (every file hashed, metadata converted) and --runs times more with the
+    cache that left (warm), each in a fresh process."""
+    if not (args.reuse and os.path.exists(os.path.join(args.work, "LATEST"))):
+        subprocess.run(["rm", "-rf", args.work], check=True)
+        started = time.perf_counter()
+        write_synthetic_version(args.work, args.items, args.dimension, args.per_shard,
+                                target_recall=args.target_recall)
+        print(f"written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    subprocess.run(["rm", "-rf", os.path.join(args.work, ".cache")], check=True)
+    runs = [("first open (empty cache)", measure_reader(args.work, args.queries))]
+    for run in range(args.runs):
+        runs.append((f"warm {run + 1}", measure_reader(
+            args.work, args.queries, args.recall_queries if run == 0 else 0)))
+    for name, row in runs:
+        print(json.dumps({"run": name, **row}), flush=True)
+    print("\n| run | shards | search_k | open s | RssAnon MB after open / queries "
+          "| item query p50 / p99 ms | text query p50 / p99 ms | recall@10 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, row in runs:
+        print(f"| {name} | {row['shards']} | {'/'.join(map(str, row['search_k']))} | "
+              f"{row['open_s']} | {row['rss_anon_mb_after_open']} / "
+              f"{row['rss_anon_mb_after_queries']} | {row['item_query_ms_p50']} / "
+              f"{row['item_query_ms_p99']} | {row['text_query_ms_p50']} / "
+              f"{row['text_query_ms_p99']} | {row.get('recall_at_10', '-')} |")
 
 
 def main() -> None:
@@ -235,21 +311,27 @@ def main() -> None:
     million.add_argument("--items", type=int, default=1_000_000)
     million.add_argument("--work", default="/tmp/catalog-index-scale/synthetic")
     million.add_argument("--reuse", action="store_true", help="keep an existing version")
+    million.add_argument("--dimension", type=int, default=SYNTHETIC_DIMENSION)
+    million.add_argument("--per-shard", type=int, default=None,
+                         help="items per shard (default: the build's --max-shard-mb of "
+                              "index vectors a shard)")
+    million.add_argument("--target-recall", type=float, default=0.95,
+                         help="each shard's search_k is tuned for this recall@10 within the "
+                              "shard, as the build's --min-recall (0: Annoy's least)")
+    million.add_argument("--runs", type=int, default=3, help="warm opens, each measured")
+    million.add_argument("--queries", type=int, default=1000)
+    million.add_argument("--recall-queries", type=int, default=1000)
     probe = commands.add_parser("reader-probe")
     probe.add_argument("root")
     probe.add_argument("--queries", type=int, default=200)
+    probe.add_argument("--recall-queries", type=int, default=0)
     args = parser.parse_args()
     if args.command == "build":
         run_builds([int(size) for size in args.sizes.split(",")], args.work)
     elif args.command == "reader-1m":
-        if not (args.reuse and os.path.exists(os.path.join(args.work, "LATEST"))):
-            subprocess.run(["rm", "-rf", args.work], check=True)
-            started = time.perf_counter()
-            write_synthetic_version(args.work, args.items)
-            print(f"written in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        print(json.dumps(measure_reader(args.work)))
+        run_reader_1m(args)
     else:
-        print(json.dumps(reader_probe(args.root, args.queries)))
+        print(json.dumps(reader_probe(args.root, args.queries, args.recall_queries)))
 
 
 if __name__ == "__main__":
