@@ -14,6 +14,10 @@ needs nothing from the version's folder (or the cache): pruning old versions, or
 the cache, never breaks a reader that is already open (on POSIX, a mapped file outlives
 its name).
 
+A query searches the shards side by side, on a pool of threads as many as the cores
+(Annoy releases the GIL while it searches), and merges their hits into one top-k, best
+first, ties by item_id.
+
 Query images are embedded with the version's own model file (``model/model.tflite``) on
 LiteRT, without TensorFlow; versions without one (older builds, SavedModel and TF Hub
 models) load the build's model by name, which needs TensorFlow and the model's package.
@@ -25,13 +29,14 @@ import bisect
 import collections
 import functools
 import hashlib
+import itertools
 import json
 import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -97,11 +102,22 @@ class Shard:
     def item_ids(self) -> pa.ChunkedArray:
         return self.metadata.column("item_id")
 
+    def item_id(self, annoy_id: int) -> str:
+        return self.item_ids[annoy_id].as_py()
+
     def find(self, item_id: str) -> Optional[int]:
         """The Annoy id of ``item_id``, by binary search over the sorted item_id column."""
         ids = self.item_ids
         found = bisect.bisect_left(ids, item_id, key=lambda scalar: scalar.as_py())
         return found if found < len(ids) and ids[found].as_py() == item_id else None
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # Schema 3 adds what this reader does not need to search (embeddings' source_stamp) and
@@ -151,6 +167,13 @@ class PublishedIndex:
         query_model = manifest.get("query_model")
         self._query_model_file = _map(os.path.join(local_dir, query_model["file"])) \
             if query_model else None
+        # The shards in one group per core, each group searched on a thread of its own
+        # (the caller's thread takes the first): one task per core and query, not per shard.
+        groups = np.array_split(np.arange(len(self.shards)),
+                               max(1, min(_cores(), len(self.shards))))
+        self._groups = [group.tolist() for group in groups if len(group)]
+        self._pool = ThreadPoolExecutor(len(self._groups) - 1, "shard-search") \
+            if len(self._groups) > 1 else None
 
     @classmethod
     def open(cls, root: str, version: Optional[str] = None,
@@ -245,20 +268,46 @@ class PublishedIndex:
 
     def _nearest(self, vector: Sequence[float], k: int, search_k: Optional[int] = None,
                  exclude: Sequence[str] = ()) -> List[tuple]:
-        """-> [(cosine, item_id, shard number, annoy_id)] of the k nearest items, best first."""
+        """-> [(cosine, item_id, shard number, annoy_id)] of the k nearest items, best first
+        (ties by item_id): the first k of every shard's k + len(exclude) nearest, merged."""
         vector = self.in_index_space(vector)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
         wanted = k + len(exclude)
-        found = []
-        for number, shard in enumerate(self.shards):
-            ids, distances = shard.annoy.get_nns_by_vector(
-                vector, wanted, search_k=search_k or shard.search_k, include_distances=True)
-            item_ids = [shard.item_ids[i].as_py() for i in ids]
-            found.extend((1.0 - d * d / 2.0, item_id, number, i)
-                         for i, d, item_id in zip(ids, distances, item_ids))
+        query = vector.tolist()  # Annoy reads a list faster than an array, to the same floats
+        found = self._each_shard(lambda shard: shard.annoy.get_nns_by_vector(
+            query, wanted, search_k=search_k or shard.search_k, include_distances=True))
+        counts = [len(ids) for ids, _ in found]
+        total = sum(counts)
+        numbers = np.repeat(np.arange(len(found)), counts)
+        annoy_ids = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in found),
+                                np.int64, total)
+        distances = np.fromiter(itertools.chain.from_iterable(d for _, d in found),
+                                np.float64, total)
+        scores = 1.0 - distances * distances / 2.0  # the cosine, as Python floats would give it
+        # Only the hits that can make the top k get their item_id: those scoring at least
+        # the wanted-th best score (ties included). Any other hit scores below all of
+        # them, and the excluded items are at most len(exclude) of them.
+        chosen = np.flatnonzero(scores >= np.partition(scores, total - wanted)[total - wanted]) \
+            if total > wanted else np.arange(total)
+        hits = [(score, self.shards[number].item_id(annoy_id), number, annoy_id)
+                for score, number, annoy_id in zip(scores[chosen].tolist(),
+                                                   numbers[chosen].tolist(),
+                                                   annoy_ids[chosen].tolist())]
         excluded = set(exclude)
-        return sorted((hit for hit in found if hit[1] not in excluded),
+        return sorted((hit for hit in hits if hit[1] not in excluded),
                       key=lambda hit: (-hit[0], hit[1]))[:k]
+
+    def _each_shard(self, search: Callable[[Shard], object]) -> list:
+        """``search(shard)`` for every shard, in shard order; the groups of shards side by
+        side, the first on the calling thread."""
+        def run(group):
+            return [search(self.shards[number]) for number in group]
+
+        if self._pool is None:
+            return run(self._groups[0]) if self._groups else []
+        pending = [self._pool.submit(run, group) for group in self._groups[1:]]
+        first = run(self._groups[0])
+        return first + [found for future in pending for found in future.result()]
 
     def in_index_space(self, vector: Sequence[float]) -> np.ndarray:
         """A vector as the index holds them: a model vector is projected (when the version
@@ -325,7 +374,7 @@ class PublishedIndex:
                       for cosine, item_id, shard, annoy_id in nearest}
         excluded = set(exclude)
         for shard, annoy_id in text_index.best_covered(coverage, terms, TEXT_CANDIDATES):
-            item_id = self.shards[shard].metadata.column("item_id")[annoy_id].as_py()
+            item_id = self.shards[shard].item_id(annoy_id)
             if item_id not in excluded and item_id not in candidates:
                 stored = np.asarray(self.shards[shard].annoy.get_item_vector(annoy_id),
                                     np.float32)
