@@ -7,12 +7,15 @@
     index.query_vector(vector, k=10)                          # merged over every shard
 
 Opening a version checks every file it reads against the manifest's sha256 (files on GCS
-are downloaded once into a local cache folder per version), and takes hold of all of them:
-Annoy memory-maps the shards, the text index, the changes files and the query model are
-memory-mapped, metadata and the projection are read into memory. From then on the reader
-needs nothing from the version's folder (or the cache): pruning old versions, or cleaning
-the cache, never breaks a reader that is already open (on POSIX, a mapped file outlives
-its name).
+are downloaded once into a local cache folder per version), once: the cache remembers what
+it checked, and a later open trusts a file whose size, times and inode have not changed
+since (search/cache.py). It then takes hold of all of them: Annoy memory-maps the shards,
+the text index, the changes files and the query model are memory-mapped, each shard's
+metadata is memory-mapped from an Arrow copy the cache keeps of its Parquet (the page
+cache holds it, not the process), the projection is read into memory. From then on the
+reader needs nothing from the version's folder (or the cache): pruning old versions, or
+cleaning the cache, never breaks a reader that is already open (on POSIX, a mapped file
+outlives its name).
 
 A query searches the shards side by side, on a pool of threads as many as the cores
 (Annoy releases the GIL while it searches), and merges their hits into one top-k, best
@@ -28,7 +31,6 @@ from __future__ import annotations
 import bisect
 import collections
 import functools
-import hashlib
 import itertools
 import json
 import mmap
@@ -48,6 +50,7 @@ from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHE
                                   join, shard_of, version_dir)
 from catalog_index.text_index import TEXT_DIR, TextIndex, analyze, text_columns
 from models.captioner import COLOR_NAMES, COLOR_PHRASES
+from search.cache import CacheError, VersionCache
 
 
 class IndexIntegrityError(ValueError):
@@ -84,7 +87,8 @@ def _cache_root() -> str:
 @dataclass
 class Shard:
     """One shard as the reader holds it: the memory-mapped Annoy index and the shard's
-    metadata as an Arrow table whose row n is the item with Annoy id n (sorted by item_id)."""
+    metadata as an Arrow table (memory-mapped) whose row n is the item with Annoy id n
+    (sorted by item_id)."""
     annoy: object
     metadata: pa.Table
     search_k: int
@@ -126,10 +130,11 @@ READABLE_SCHEMA_VERSIONS = (2, 3, SCHEMA_VERSION)
 
 
 class PublishedIndex:
-    def __init__(self, root: str, manifest: dict, local_dir: str):
+    def __init__(self, root: str, manifest: dict, cache: VersionCache):
         from annoy import AnnoyIndex
 
-        self.root, self.manifest, self.local_dir = root, manifest, local_dir
+        self.root, self.manifest, self.local_dir = root, manifest, cache.local_dir
+        local_dir = self.local_dir
         self._model = None
         self._lock = threading.Lock()
         self.version_id = manifest["version_id"]
@@ -149,16 +154,21 @@ class PublishedIndex:
                 raise IndexIntegrityError(f"{manifest['projection']['file']}: "
                                           f"{self.projection.dims} dimensions, the index has "
                                           f"{self.dimension}")
-        self.shards: List[Shard] = []
-        for shard in manifest["index"]["shards"]:
+
+        def load(shard: dict) -> Shard:
             annoy = AnnoyIndex(self.dimension, manifest["index"]["metric"])
             annoy.load(os.path.join(local_dir, shard["index_file"]))
             if annoy.get_n_items() != shard["items"]:
                 raise IndexIntegrityError(
                     f"{shard['index_file']}: Annoy holds {annoy.get_n_items()} items, the "
                     f"manifest says {shard['items']}")
-            metadata = pq.read_table(os.path.join(local_dir, shard["metadata_file"]))
-            self.shards.append(Shard(annoy, metadata, shard["search_k"]))
+            metadata = cache.metadata_table(shard["metadata_file"], shard.get("metadata_sha256"))
+            return Shard(annoy, metadata, shard["search_k"])
+
+        # Side by side: on a first open each shard's metadata is copied to Arrow once.
+        with ThreadPoolExecutor(max_workers=_cores()) as pool:
+            self.shards: List[Shard] = list(pool.map(load, manifest["index"]["shards"]))
+        cache.save()
         # What the queries and changes() read later, held now (see the module's doc).
         self._text_index = self._open_text_index() if manifest.get("text_index") else None
         self._changes = [_map(os.path.join(local_dir, shard["changes_file"]))
@@ -219,10 +229,12 @@ class PublishedIndex:
                                       f", this reader understands {READABLE_SCHEMA_VERSIONS}")
         if manifest["index"]["metric"] != ANNOY_METRIC:
             raise IndexIntegrityError(f"{folder}: unexpected metric {manifest['index']['metric']}")
-        local_dir = folder if not storage.is_gcs(folder) else os.path.join(
-            cache_dir or _cache_root(), hashlib.sha256(folder.encode()).hexdigest()[:16])
-        _fetch_and_verify(folder, local_dir, manifest)
-        return cls(root, manifest, local_dir)
+        cache = VersionCache(folder, cache_dir or _cache_root())
+        try:
+            _fetch_and_verify(cache, manifest)
+            return cls(root, manifest, cache)
+        except CacheError as error:
+            raise IndexIntegrityError(str(error)) from None
 
     def changes(self) -> pa.Table:
         """What changed since the version published before this one: a table of
@@ -472,12 +484,12 @@ def _map(path: str):
         return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
+def _fetch_and_verify(cache: VersionCache, manifest: dict) -> None:
     """Make every file of the version the reader reads (shards' index, metadata and
-    changes, the text index, the projection, the query model) available under
-    ``local_dir`` and check them against the manifest's sha256, several files at a time
-    (hashing releases the GIL). A cached copy that no longer matches (the version was
-    rebuilt with --replace) is downloaded again, once."""
+    changes, the text index, the projection, the query model) available under the cache's
+    ``local_dir`` and checked against the manifest's sha256 (search/cache.py). A cached
+    copy that no longer matches (the version was rebuilt with --replace) is downloaded
+    again, once."""
     files = [(entry["file"], entry["sha256"])
              for entry in (manifest.get("text_index") or {}).get("files", [])]
     for entry in (manifest.get("projection"), manifest.get("query_model")):
@@ -492,28 +504,5 @@ def _fetch_and_verify(folder: str, local_dir: str, manifest: dict) -> None:
         try:
             check_version_file(relative)
         except InvalidVersionId as error:
-            raise IndexIntegrityError(f"{folder}/manifest.json: {error}") from None
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        list(pool.map(lambda entry: _fetch_and_verify_file(folder, local_dir, *entry), files))
-
-
-def _fetch_and_verify_file(folder: str, local_dir: str, relative: str,
-                           digest: Optional[str]) -> None:
-    local = os.path.join(local_dir, relative)
-    remote = join(folder, relative)
-    if storage.is_gcs(folder) and not _matches(local, digest):
-        try:
-            storage.atomic_local_write(
-                local, lambda tmp: storage.download_file(remote, tmp))
-        except Exception as error:
-            raise IndexIntegrityError(f"{remote}: {error}") from None
-    if not os.path.exists(local):
-        raise IndexIntegrityError(f"{remote} is missing")
-    if not _matches(local, digest):
-        raise IndexIntegrityError(f"{remote}: sha256 differs from the manifest")
-
-
-def _matches(local: str, digest: Optional[str]) -> bool:
-    if not os.path.exists(local):
-        return False
-    return digest is None or storage.sha256_of_file(local) == digest
+            raise IndexIntegrityError(f"{cache.folder}/manifest.json: {error}") from None
+    cache.fetch_and_verify(files)
