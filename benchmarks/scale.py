@@ -3,6 +3,7 @@ and answer fast at a million items?
 
     .venv/bin/python -m benchmarks.scale build [--sizes 10000,30000,100000]
     .venv/bin/python -m benchmarks.scale reader-1m [--items 1000000] [--per-shard N] [--reuse]
+    .venv/bin/python -m benchmarks.scale reader-parts ROOT
 
 ``build``: catalogs of real product images (the 70,000 Fashion-MNIST images of the Debian
 package ``dataset-fashion-mnist``, saved as 28x28 PNGs; past 70,000, mirrored copies as new
@@ -21,6 +22,9 @@ a fresh process with an empty reader cache (every file hashed, metadata copied t
 and ``--runs`` times more with the cache that left (warm): open time, ``RssAnon`` after
 open and after the queries, p50/p99 of item and text queries, and (first warm run)
 recall@10 of ``query_item`` against exact search over every indexed vector.
+
+``reader-parts``: where an item query's time goes in a version's reader (Annoy searches,
+merge, rows), and item queries with the shards on the reader's pool against one thread.
 """
 
 from __future__ import annotations
@@ -165,6 +169,63 @@ def item_query_recall(index, queries: int, k: int = 10) -> dict:
                     & {item_ids[i] for i in truth})
                 for query, truth in zip(rows.tolist(), exact.tolist()))
     return {"recall_at_10": round(found / exact.size, 4), "recall_queries": len(rows)}
+
+
+def reader_parts(root: str, queries: int = 300) -> dict:
+    """Where an item query's time goes (p50 ms of each part, timed alone), and the same
+    item queries with the shards searched on the reader's pool and on one thread, paired
+    (each item both ways, turn about): on a machine whose other processes hold the cores,
+    the pool has nothing to gain."""
+    from search import PublishedIndex
+
+    index = PublishedIndex.open(root, cache_dir=os.path.join(root, ".cache"))
+    rng = np.random.default_rng(1)
+    item_ids = []
+    for _ in range(queries):
+        shard = index.shards[int(rng.integers(len(index.shards)))]
+        item_ids.append(shard.item_id(int(rng.integers(shard.metadata.num_rows))))
+    vectors = [index.vector(item_id) for item_id in item_ids]
+    unit = [(vector / np.linalg.norm(vector)).tolist() for vector in vectors]
+    for item_id in item_ids[:50]:
+        index.query_item(item_id, 10)
+
+    def p50(call) -> float:
+        spent = []
+        for n in range(queries):
+            started = time.perf_counter()
+            call(n)
+            spent.append((time.perf_counter() - started) * 1000)
+        return round(float(np.percentile(spent, 50)), 3)
+
+    def search_all(n):
+        index._each_shard(lambda shard: shard.annoy.get_nns_by_vector(
+            unit[n], 11, search_k=shard.search_k, include_distances=True))
+
+    parts = {"shards": len(index.shards), "threads": len(index._groups),
+             "query_item": p50(lambda n: index.query_item(item_ids[n], 10)),
+             "shards_searched": p50(search_all),
+             "one_shard_searched": p50(lambda n: index.shards[0].annoy.get_nns_by_vector(
+                 unit[n], 11, search_k=index.shards[0].search_k, include_distances=True)),
+             "nearest": p50(lambda n: index._nearest(vectors[n], 10, exclude=[item_ids[n]])),
+             "vector": p50(lambda n: index.vector(item_ids[n])),
+             "rows_10": p50(lambda n: [index.shards[0].row(row) for row in range(n, n + 10)])}
+    pool = (index._groups, index._pool)
+    one_thread = ([list(range(len(index.shards)))], None)
+    paired = {"pool": [], "one_thread": []}
+    for n, item_id in enumerate(item_ids):
+        turns = [("pool", pool), ("one_thread", one_thread)]
+        if n % 2:
+            turns.reverse()
+        for name, (groups, executor) in turns:
+            index._groups, index._pool = groups, executor
+            started = time.perf_counter()
+            index.query_item(item_id, 10)
+            paired[name].append((time.perf_counter() - started) * 1000)
+    index._groups, index._pool = pool
+    parts.update({f"paired_{name}_p50": round(float(np.percentile(spent, 50)), 3)
+                  for name, spent in paired.items()})
+    parts["load_average"] = os.getloadavg()[0]
+    return parts
 
 
 def run_builds(sizes, work: str) -> None:
@@ -321,6 +382,9 @@ def main() -> None:
     million.add_argument("--runs", type=int, default=3, help="warm opens, each measured")
     million.add_argument("--queries", type=int, default=1000)
     million.add_argument("--recall-queries", type=int, default=1000)
+    parts = commands.add_parser("reader-parts")
+    parts.add_argument("root")
+    parts.add_argument("--queries", type=int, default=300)
     probe = commands.add_parser("reader-probe")
     probe.add_argument("root")
     probe.add_argument("--queries", type=int, default=200)
@@ -330,6 +394,8 @@ def main() -> None:
         run_builds([int(size) for size in args.sizes.split(",")], args.work)
     elif args.command == "reader-1m":
         run_reader_1m(args)
+    elif args.command == "reader-parts":
+        print(json.dumps(reader_parts(args.root, args.queries)))
     else:
         print(json.dumps(reader_probe(args.root, args.queries, args.recall_queries)))
 
