@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install sample-data browser emulator demo test check-dag clean
+.PHONY: install sample-data browser emulator demo test test-fast check-dag clean
 
 # Annoy first, compiled with portable flags (native/install_annoy.sh says why); the
 # project's install then finds the pinned version in place.
@@ -66,6 +66,11 @@ demo: install sample-data
 
 test: install sample-data browser emulator check-dag
 	$(PY) -m pytest
+
+# The unit tier only (no model, build, cluster or emulator): pytest.ini lists the tiers;
+# pick any with e.g. .venv/bin/python -m pytest -m "unit or gcs".
+test-fast: install
+	$(PY) -m pytest -m unit
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) out

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from catalog_index import storage
+from runners.beam_gcs import use_anonymous_beam_credentials_with_emulator
 from tests.fault_proxy import READS, FaultProxy, Rule
 from tests.gcs_emulator import GcsEmulator
 from tests.real_images import encode, real_photos
@@ -80,7 +81,7 @@ def main(argv=None):
 
     emulator = GcsEmulator()
     os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
-    storage.use_anonymous_beam_credentials_with_emulator()
+    use_anonymous_beam_credentials_with_emulator()
     try:
         storage.gcs_client().create_bucket("bench")
         uris = upload_images("bench", args.images)

@@ -27,6 +27,7 @@ import io
 import os
 import resource
 import shutil
+from runners.beam_gcs import use_anonymous_beam_credentials_with_emulator
 import subprocess
 import sys
 import tempfile
@@ -170,7 +171,7 @@ def on_gcs(args, work: str) -> None:
 
     emulator = GcsEmulator()
     os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
-    storage.use_anonymous_beam_credentials_with_emulator()
+    use_anonymous_beam_credentials_with_emulator()
     try:
         storage.gcs_client().create_bucket("nightly")
         night_a, replaced, added, removed = nights(args.gcs_items)

@@ -480,9 +480,10 @@ def version_folder(root: str, version: str) -> str:
 
 
 def read_manifest(root: str, version: str) -> Optional[dict]:
+    from catalog_index import versions
+
     try:
-        with open(os.path.join(version_folder(root, version), "manifest.json")) as stream:
-            return json.load(stream)
+        return versions.read_manifest(root, version)
     except FileNotFoundError:
         return None
 

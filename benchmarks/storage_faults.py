@@ -29,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from catalog_index import storage
+from runners.beam_gcs import use_anonymous_beam_credentials_with_emulator
 from tests.fault_proxy import READS, WRITES, FaultProxy, Rule
 from tests.gcs_emulator import GcsEmulator
 
@@ -106,7 +107,7 @@ def main(argv=None):
 
     emulator = GcsEmulator()
     os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
-    storage.use_anonymous_beam_credentials_with_emulator()
+    use_anonymous_beam_credentials_with_emulator()
     try:
         storage.gcs_client().create_bucket(BUCKET)
         catalog = upload_catalog(args.items)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import time
 
 import numpy as np
 
+from catalog_index import versions
 from models.vectors import unit_length
 import pyarrow.parquet as pq
 
@@ -191,8 +191,7 @@ def main(argv=None) -> None:
               "options):")
         measured = through_the_reader(output, list(walls), truth)
         for version, wall in walls.items():
-            with open(os.path.join(output, "versions", version, "manifest.json")) as stream:
-                entry = json.load(stream)["projection"]
+            entry = versions.read_manifest(output, version)["projection"]
             assert entry is None or entry["origin"] == {"fitted": "sample"}, entry
             per_item, p50, precision = measured[version]
             print(f"  {version:11s} build {wall:6.1f} s  Annoy {per_item:7.0f} bytes/item  "

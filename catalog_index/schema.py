@@ -1,7 +1,9 @@
-"""The artifact contract: the one place that defines what a published version holds.
+"""The artifact contract: the one place that names a version's files and defines the Arrow
+schemas of its Parquet files, the version-id grammar and the shard hash.
 
-Writers (transforms/) and readers (search/) both import this module; nothing else spells
-out a file name, a column or a manifest key.
+Writers (transforms/) and readers (search/) both import this module for those. The
+manifest's keys are written by transforms/validate.py (and the stages whose entries it
+gathers) and read through catalog_index/versions.py; docs/architecture.md lists them.
 
 Layout::
 

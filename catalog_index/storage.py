@@ -152,16 +152,6 @@ def _close_answer(copy) -> None:
         copy.result().close()
 
 
-def use_anonymous_beam_credentials_with_emulator() -> None:
-    """Against an emulator, make Beam's gcsio anonymous too. Beam has no option for it and
-    would otherwise retry google.auth.default for ~17 s before going anonymous itself."""
-    if not using_emulator():
-        return
-    from runners.beam_gcs import use_anonymous_beam_credentials
-
-    use_anonymous_beam_credentials()
-
-
 def _blob(path: str):
     bucket, name = split_gcs(path)
     return gcs_client().bucket(bucket).blob(name)

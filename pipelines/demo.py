@@ -30,17 +30,27 @@ def load_fashion_mnist(split: str = "t10k"):
     return images, labels
 
 
+# scikit-image's sample photographs, where Fashion-MNIST is not installed.
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "clock", "moon", "page",
+                 "brick", "coins", "grass", "gravel", "text")
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    return np.stack([array] * 3, axis=-1) if array.ndim == 2 else array[..., :3]
+
+
 def sample_products(limit: int):
     """-> [(item_id, title, category, uint8 image)] of real product images."""
     if os.path.isdir(FASHION_MNIST_DIR):
         images, labels = load_fashion_mnist()
         return [(f"fmnist-{n:05d}", f"{FASHION_CLASSES[label]} #{n}", FASHION_CLASSES[label],
                  image) for n, (image, label) in enumerate(zip(images[:limit], labels[:limit]))]
-    from tests.real_images import real_photos
+    import skimage.data  # installed with the project's test extras (make installs them)
 
     print("dataset-fashion-mnist is not installed: using scikit-image's sample photos")
     return [(name, name.replace("_", " "), "photo", photo)
-            for name, photo in list(real_photos().items())[:limit]]
+            for name, photo in [(name, _rgb(getattr(skimage.data, name)()))
+                                for name in SAMPLE_PHOTOS][:limit]]
 
 
 def write_sample_catalog(folder: str, limit: int) -> str:

@@ -7,7 +7,6 @@ first), 2 a usage error found while planning.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import signal
@@ -15,12 +14,12 @@ import threading
 
 from apache_beam.runners.runner import PipelineState
 
-from catalog_index import storage
+from catalog_index import versions
 from catalog_index.progress import ProgressReporter
-from catalog_index.schema import LATEST_FILE, MANIFEST_FILE, join
+from catalog_index.schema import LATEST_FILE, join
 
 
-def run_job(submit, args, pipeline_options, build: dict, console, log_path: str,
+def run_job(submit, args, pipeline_options, build, console, log_path: str,
             read_latest) -> int:
     """``submit()`` -> a PipelineResult; waits for it (unless --no-wait) and reports the
     outcome on ``console``. ``read_latest(root)`` -> (version id, token) of LATEST."""
@@ -33,14 +32,14 @@ def run_job(submit, args, pipeline_options, build: dict, console, log_path: str,
             if args.no_wait:
                 # The job publishes LATEST itself, and fails (alerting whoever watches the
                 # runner) when the quality gate does.
-                print(f"submitted version {build['version_id']} to "
+                print(f"submitted version {build.version_id} to "
                       f"{pipeline_options.get_all_options()['runner']}; not waiting (--no-wait)")
                 return 0
             state = result.wait_until_finish()
     except KeyboardInterrupt:
         cancelled = _cancel(result)  # none to cancel: the local runner stops with this process
-        if read_latest(args.output)[0] == build["version_id"]:
-            print(f"catalog-index build: stopped, after version {build['version_id']} was "
+        if read_latest(args.output)[0] == build.version_id:
+            print(f"catalog-index build: stopped, after version {build.version_id} was "
                   f"published (LATEST names it){log}", file=console)
         else:
             job = "; the job was cancelled" if cancelled else ""
@@ -139,10 +138,10 @@ def _root_cause(error: BaseException) -> str:
     return " ".join(text.split(" [while running")[0].split())[:1000]
 
 
-def report_outcome(output_root: str, build: dict) -> int:
+def report_outcome(output_root: str, build) -> int:
     """A local run that got here published its version: a failed gate or a lost race
     raises inside the pipeline instead."""
-    manifest = json.loads(storage.read_text(join(build["version_dir"], MANIFEST_FILE)))
+    manifest = versions.read_manifest_at(build.version_dir)
     counts = manifest["counts"]
     print(f"version {manifest['version_id']}: {counts['input']} input, {counts['indexed']} indexed, "
           f"{counts['failed']} failed, {counts['duplicate']} duplicate, "

@@ -9,6 +9,7 @@ import argparse
 from typing import List
 
 from catalog_index import storage
+from catalog_index.cli import OneLineParser, UsageError  # noqa: F401 (the build's too)
 from catalog_index.schema import InvalidVersionId, check_version_id
 from catalog_index.sizing import DEFAULT_MAX_SHARD_MB
 from models import caption_transfer
@@ -28,21 +29,6 @@ job's outcome: 0 when the version was validated and published, 1 when the build 
 not published (failed, cancelled or stopped), 2 for a usage error. --no-wait submits
 and exits 0 instead (a Flex Template launcher must).
 """
-
-
-class UsageError(Exception):
-    """A bad flag or input: reported as one line, exit status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Errors are one line; no flag is taken for a prefix of another (Beam's --project
-    would otherwise be refused as ambiguous with --projection-from)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-
-    def error(self, message):
-        raise UsageError(message)
 
 
 CAPTION_METHODS = ("head", "neighbours", "labels")

@@ -4,14 +4,13 @@ need (:data:`DESCRIPTION` is its ``--help``, which says what is kept)."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-from catalog_index import storage
-from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, VERSIONS_DIR, InvalidVersionId,
-                                  check_version_id, join, version_dir)
+from catalog_index import storage, versions
+from catalog_index.cli import OneLineParser, UsageError
+from catalog_index.schema import MANIFEST_FILE, join, version_dir
 
 DESCRIPTION = """\
 Delete old versions under ROOT/versions/, keeping what readers and rollbacks need.
@@ -61,12 +60,6 @@ class Decision:
     reason: str
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"catalog-index prune: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -78,9 +71,8 @@ def _count(text: str) -> int:
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = _OneLineParser(prog="catalog-index prune", description=DESCRIPTION,
-                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                            allow_abbrev=False)
+    parser = OneLineParser(prog="catalog-index prune", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, metavar="ROOT",
                         help="output root of the builds (local or gs://)")
     parser.add_argument("--keep", required=True, type=_count, metavar="N",
@@ -93,42 +85,33 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 def read_latest(root: str) -> str:
     """The version LATEST names; ValueError when there is none or it is not a version id."""
-    path = join(root, LATEST_FILE)
-    content, _token = storage.read_latest(path)
-    if not content or not content.strip():
-        raise ValueError(f"{path}: no published version, so nothing to keep versions "
-                         "against; nothing deleted")
     try:
-        return check_version_id(content.strip())
-    except InvalidVersionId as error:
-        raise ValueError(f"{path}: {error}; fix it with catalog-index rollback") from None
+        latest = versions.read_latest(root)
+    except versions.VersionError as error:
+        raise ValueError(str(error)) from None
+    if latest.version_id is None:
+        raise ValueError(f"{latest.path}: no published version, so nothing to keep versions "
+                         "against; nothing deleted")
+    return latest.version_id
 
 
 def list_versions(root: str) -> List[Version]:
     """Every folder under ROOT/versions/ whose name is a version id, with its manifest."""
-    versions = []
-    for name in storage.list_folders(join(root, VERSIONS_DIR)):
+    found = []
+    for name in versions.version_ids(root):
         try:
-            check_version_id(name)
-        except InvalidVersionId:
-            continue  # not a version's folder: not ours to judge
-        path = join(version_dir(root, name), MANIFEST_FILE)
-        try:
-            manifest = json.loads(storage.read_text(path))
-            if not isinstance(manifest, dict):
-                raise ValueError("not a JSON object")
-            versions.append(Version(name, manifest))
+            found.append(Version(name, versions.read_manifest(root, name)))
         except FileNotFoundError:
-            versions.append(Version(name, None))
-        except (ValueError, UnicodeDecodeError) as error:
-            versions.append(Version(name, None, f"{type(error).__name__}: {error}"[:200]))
-    return versions
+            found.append(Version(name, None))
+        except versions.VersionError as error:
+            found.append(Version(name, None, str(error)[:200]))
+    return found
 
 
-def plan(versions: List[Version], latest: str, keep: int) -> List[Decision]:
+def plan(listed: List[Version], latest: str, keep: int) -> List[Decision]:
     """What to do with each version, oldest first (the order they are deleted in); folders
     without a manifest last."""
-    complete = sorted((v for v in versions if v.manifest is not None), key=lambda v: v.order)
+    complete = sorted((v for v in listed if v.manifest is not None), key=lambda v: v.order)
     published = next((v for v in complete if v.version_id == latest), None)
     if published is None:
         raise ValueError(f"LATEST names {latest}, which is not a complete version (no "
@@ -149,7 +132,7 @@ def plan(versions: List[Version], latest: str, keep: int) -> List[Decision]:
         else:
             decision = "delete", "failed validation before the published version"
         decisions.append(Decision(version.version_id, *decision))
-    for version in versions:
+    for version in listed:
         if version.manifest is None:
             why = f"manifest.json cannot be read ({version.unreadable})" if version.unreadable \
                 else "no manifest.json: a build still running, or one that stopped"
@@ -177,7 +160,11 @@ def delete_version(root: str, version_id: str, latest: str) -> None:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"catalog-index prune: error: {error}", file=sys.stderr)
+        return 2
     try:
         latest = read_latest(args.index)
         decisions = plan(list_versions(args.index), latest, args.keep)

@@ -10,33 +10,35 @@ rollback never silently overwrites a build that published a moment earlier.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import List, Optional
 
-from catalog_index import storage
-from catalog_index.schema import (LATEST_FILE, MANIFEST_FILE, InvalidVersionId,
-                                  check_version_id, join, version_dir)
+from catalog_index import storage, versions
+from catalog_index.cli import OneLineParser, UsageError
+from catalog_index.schema import LATEST_FILE, InvalidVersionId, check_version_id, join
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="catalog-index rollback", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="catalog-index rollback", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, metavar="ROOT", help="output root (local or gs://)")
     parser.add_argument("--version", required=True, metavar="ID", help="the version to publish")
     parser.add_argument("--force", action="store_true",
                         help="publish a version even though it failed validation")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         check_version_id(args.version)
     except InvalidVersionId as error:
         print(f"catalog-index rollback: error: --version: {error}", file=sys.stderr)
         return 2
+    except UsageError as error:
+        print(f"catalog-index rollback: error: {error}", file=sys.stderr)
+        return 2
     latest_path = join(args.index, LATEST_FILE)
     try:
+        # LATEST as it is, whatever it holds: rolling back is how a bad one is fixed.
         current, token = storage.read_latest(latest_path)
-        manifest = json.loads(storage.read_text(
-            join(version_dir(args.index, args.version), MANIFEST_FILE)))
+        manifest = versions.read_manifest(args.index, args.version)
         if not manifest.get("validation", {}).get("passed") and not args.force:
             raise ValueError(f"version {args.version} failed validation ("
                              + "; ".join(manifest.get("validation", {}).get("problems", []))

@@ -4,8 +4,9 @@ Beam's ``apache_beam.internal.gcp.auth._Credentials`` finds credentials once per
 (``google.auth.default``, retried for ~17 s before it gives up and goes anonymous) and keeps
 them in class attributes. Against an emulator there are none to find: this sets that cache
 to what Beam would settle on (no credentials) straight away, for the rest of the process.
-Used by ``catalog_index.storage`` (a build whose ``STORAGE_EMULATOR_HOST`` is set) and by the
-tests' emulator, so that the private names live in one place and are checked first.
+Used by the build (:func:`use_anonymous_beam_credentials_with_emulator`, when
+``STORAGE_EMULATOR_HOST`` is set) and by the tests' emulator, so that the private names
+live in one place and are checked first.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from __future__ import annotations
 import threading
 
 from runners.beam_internals import Internal, an_instance_of, check, parameters
+
+
+def use_anonymous_beam_credentials_with_emulator() -> None:
+    """Against an emulator, make Beam's gcsio anonymous too. Beam has no option for it and
+    would otherwise retry google.auth.default for ~17 s before going anonymous itself."""
+    from catalog_index.storage import using_emulator
+
+    if using_emulator():
+        use_anonymous_beam_credentials()
 
 
 def use_anonymous_beam_credentials() -> None:

@@ -9,6 +9,7 @@ import re
 import sys
 from typing import List, Optional
 
+from catalog_index.cli import OneLineParser, UsageError
 from catalog_index.storage import read_image_bytes
 from catalog_index.text_index import analyze
 from search.index import (DEFAULT_TEXT_WEIGHT, IndexIntegrityError, ModelMismatchError,
@@ -41,14 +42,8 @@ def printable(text) -> str:
                         str(text if text is not None else ""))
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"catalog-index query: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    parser = _OneLineParser(prog="catalog-index query", description=DESCRIPTION,
+    parser = OneLineParser(prog="catalog-index query", description=DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, metavar="ROOT",
                         help="output root of the build (local or gs://)")
@@ -82,7 +77,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"catalog-index query: error: {error}", file=sys.stderr)
+        return 2
     try:
         index = PublishedIndex.open(args.index, args.version)
         if args.image:

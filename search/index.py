@@ -32,7 +32,6 @@ import bisect
 import collections
 import functools
 import itertools
-import json
 import mmap
 import os
 import threading
@@ -44,10 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from catalog_index import storage
-from catalog_index.schema import (ANNOY_METRIC, LATEST_FILE, MANIFEST_FILE, SCHEMA_VERSION,
-                                  InvalidVersionId, check_version_file, check_version_id,
-                                  join, shard_of, version_dir)
+from catalog_index import versions
+from catalog_index.schema import (ANNOY_METRIC, SCHEMA_VERSION, InvalidVersionId,
+                                  check_version_file, shard_of, version_dir)
 from catalog_index.text_index import TEXT_DIR, TextIndex, analyze, text_columns
 from models.captioner import COLOR_NAMES, COLOR_PHRASES
 from search.cache import CacheError, VersionCache
@@ -189,26 +187,15 @@ class PublishedIndex:
     def open(cls, root: str, version: Optional[str] = None,
              cache_dir: Optional[str] = None) -> "PublishedIndex":
         """Open ``version``, or the one ``ROOT/LATEST`` names."""
-        if version is None:
-            latest_path = join(root, LATEST_FILE)
-            try:
-                latest = storage.read_optional_text(latest_path)
-            except UnicodeDecodeError:
-                raise IndexIntegrityError(f"{latest_path} is not text") from None
-            if not latest:
-                raise FileNotFoundError(f"{latest_path}: no published version")
-            try:
-                version = check_version_id(latest.strip())
-            except InvalidVersionId as error:
-                raise IndexIntegrityError(f"{latest_path}: {error}") from None
-        folder = version_dir(root, version)
-        manifest_path = join(folder, MANIFEST_FILE)
         try:
-            manifest = json.loads(storage.read_text(manifest_path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{folder}: no manifest.json (not a complete version)") from None
-        except (ValueError, UnicodeDecodeError) as error:
-            raise IndexIntegrityError(f"{manifest_path}: not valid JSON ({error})") from None
+            if version is None:
+                latest = versions.read_latest(root)
+                if latest.version_id is None:
+                    raise FileNotFoundError(f"{latest.path}: no published version")
+                version = latest.version_id
+            manifest = versions.read_manifest(root, version)
+        except (versions.VersionError, InvalidVersionId) as error:
+            raise IndexIntegrityError(str(error)) from None
         return cls.from_manifest(root, manifest, cache_dir)
 
     @classmethod

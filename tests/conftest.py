@@ -49,6 +49,23 @@ def pytest_configure(config):
     socket.socket.connect_ex = _guarded_connect_ex
 
 
+# Test tiers (pytest.ini): a test is marked by what it needs, from its fixtures or its own
+# mark; what needs none of these is a unit test (make test-fast runs those).
+TIER_FIXTURES = {"e2e": {"model_cache", "keras_model", "tflite_model"},
+                 "dask": {"dask_cluster"}, "gcs": {"gcs_emulator", "gcs_bucket"}}
+SLOW_TIERS = ("e2e", "dask", "gcs", "airflow")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(item.fixturenames)
+        for tier, needs in TIER_FIXTURES.items():
+            if fixtures & needs:
+                item.add_marker(tier)
+        if not any(item.get_closest_marker(tier) for tier in SLOW_TIERS):
+            item.add_marker("unit")
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory):
     """A cache dir shared by the session (one conversion), unless the user set one."""

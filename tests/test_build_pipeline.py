@@ -374,6 +374,7 @@ def test_a_progress_line_never_shows_a_rate_or_an_eta_it_does_not_know():
         "progress: 2,000 of 2,000 items (100.0%), 28.4 images/s, 10 failed, building the shards"
 
 
+@pytest.mark.e2e
 def test_a_build_prints_progress_lines_and_no_library_logs(image_catalog, tmp_path, capsys):
     images, good_ids, bad_ids = image_catalog
     assert run(["--catalog", f"{images}/**", "--output", str(tmp_path), "--version-id", "p",

@@ -123,8 +123,8 @@ def test_dataflow_job_with_gpu_workers_is_built_offline(gcs_bucket, photos, mode
         "--experiments=use_runner_v2", "--experiments=no_use_multiple_sdk_containers",
         "--machine_type=n1-standard-8", "--no_auth", "--dry_run=True"])
     build = plan_build(args, options)  # no GPU here: the launcher never has one
-    assert build["inference_threads"] == 1  # processes per core on Dataflow
-    assert build["model"]["runtime"] == "auto"  # each worker picks Keras on its GPU
+    assert build.inference_threads == 1  # processes per core on Dataflow
+    assert build.model["runtime"] == "auto"  # each worker picks Keras on its GPU
     result = submit(args, options, build)
     from apache_beam.runners.dataflow.internal import apiclient
 

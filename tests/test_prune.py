@@ -131,10 +131,9 @@ def test_latest_older_than_the_n_newest_is_kept_beside_them(nights):
 ])
 def test_bad_flags_are_one_line_and_exit_2(nights, argv, message, capsys):
     argv = [str(nights) if arg == "ROOT" else arg for arg in argv]
-    with pytest.raises(SystemExit) as exit_info:
-        prune(argv)
+    assert prune(argv) == 2
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert len(err.splitlines()) == 1
     assert err.startswith("catalog-index prune: error: ") and message in err
     assert remaining(nights) == ["v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8"]
 

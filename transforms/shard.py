@@ -397,7 +397,7 @@ class BuildShard(beam.DoFn):
         ``queries`` labelled items of the shard: those whose sha256(item_id) is smallest,
         so that the same items are asked night after night and the quality gate compares
         like with like (rows spread by position gave 0.862 and 0.822 for two nights that
-        differ in 1.5% of their items; the same items, 0.872 and 0.855)."""
+        differ in 1.5% of their items; the same items, 0.862 and 0.844: docs/benchmarks.md)."""
         if not self.label_column:
             return 0, 0, 0
         labels = [label_of(value) for value in table.column(self.label_column).to_pylist()]

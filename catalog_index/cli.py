@@ -1,0 +1,23 @@
+"""What every ``catalog-index`` command shares at the command line: a bad flag is one line
+on stderr and exit status 2, never argparse's usage block or a traceback."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(Exception):
+    """A bad flag or input: reported as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise UsageError (the command prints it as one
+    line), and that takes no flag for a prefix of another (Beam's --project would
+    otherwise be refused as ambiguous with --projection-from)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UsageError(message)
