@@ -183,6 +183,18 @@ def open_read(path: str):
     return open(path, "rb")
 
 
+def parquet_batches(source, batch_size: int, columns=None):
+    """The record batches of a Parquet file (a local path or an open binary stream), a row
+    group's pages in memory at a time. ParquetFile's ``pre_buffer`` (on by default) keeps
+    every row group it has read until the file is closed: streaming one 1.2 GB embeddings
+    shard (250,000 x 1,280) grew to 1.3 GB of RSS; without it, 0.4 GB. The nightly build
+    streams four of them side by side."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(source, pre_buffer=False) as parquet:
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns)
+
+
 # Image files above this are refused before they are read (the build's --max-image-bytes).
 DEFAULT_MAX_IMAGE_BYTES = 50 * 2**20
 

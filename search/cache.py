@@ -239,7 +239,7 @@ class VersionCache:
 def _write_arrow(parquet: str, path: str) -> None:
     """The Parquet file's table as an uncompressed Arrow IPC file (so that a memory map of
     it is the table), one row group in memory at a time."""
-    source = pq.ParquetFile(parquet)
+    source = pq.ParquetFile(parquet, pre_buffer=False)  # a row group at a time
     with pa.OSFile(path, "wb") as sink, \
             pa.ipc.new_file(sink, source.schema_arrow) as writer:
         for group in range(source.num_row_groups):

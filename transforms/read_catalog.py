@@ -82,7 +82,7 @@ def _open_table_batches(path: str, fmt: str):
 
     stream = _open(path)
     if fmt == "parquet":
-        yield from pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=10_000)
+        yield from storage.parquet_batches(stream, 10_000)
     elif fmt == "csv":
         # Every column is read as written: "007" stays "007", never the number 7, and "NA",
         # "null" or an empty field stay strings, never a missing value (an item_id "NA" is

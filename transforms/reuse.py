@@ -31,12 +31,11 @@ from typing import Optional
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
 
 from catalog_index import storage
 from catalog_index.schema import join
 from models.captioner import Caption, LabelColorCaptioner, caption_fields
-from transforms.errors import counter, without
+from transforms.errors import counter
 from transforms.keys import bucket
 
 REUSED = "reused"  # an item complete from the previous version: stages hand it on
@@ -69,7 +68,7 @@ class _ListFolder(beam.DoFn):
 
 def _rows(stream, columns):
     """The rows of a Parquet file, read a few thousand at a time."""
-    for batch in pq.ParquetFile(stream).iter_batches(batch_size=READ_ROWS, columns=columns):
+    for batch in storage.parquet_batches(stream, READ_ROWS, columns):
         yield from zip(*(batch.column(name).to_pylist() for name in columns))
 
 
@@ -115,8 +114,7 @@ def previous_vector_batches(previous: dict, where):
         relative = files[shard]
         with storage.open_read(join(previous["version_dir"], relative)) as stream:
             start, next_wanted = 0, 0
-            for batch in pq.ParquetFile(stream).iter_batches(batch_size=READ_ROWS,
-                                                             columns=["vector"]):
+            for batch in storage.parquet_batches(stream, READ_ROWS, ["vector"]):
                 end = start + batch.num_rows
                 first = next_wanted
                 while next_wanted < len(rows) and rows[next_wanted][0] < end:

@@ -44,7 +44,8 @@ class _BuildTextIndex(beam.DoFn):
         for summary in shards:
             local = os.path.join(scratch, f"metadata-{summary['shard']}.parquet")
             storage.download_file(join(self.version_dir, summary["metadata_file"]), local)
-            with pq.ParquetFile(local) as metadata:
+            # pre_buffer off: a row group in memory at a time (storage.parquet_batches)
+            with pq.ParquetFile(local, pre_buffer=False) as metadata:
                 columns = text_columns(metadata.schema_arrow) + ["caption_source",
                                                                  "caption_confidence"]
                 yield from metadata.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns)
