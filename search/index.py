@@ -182,6 +182,7 @@ class PublishedIndex:
         self._groups = [group.tolist() for group in groups if len(group)]
         self._pool = ThreadPoolExecutor(len(self._groups) - 1, "shard-search") \
             if len(self._groups) > 1 else None
+        self.closed = False
 
     @classmethod
     def open(cls, root: str, version: Optional[str] = None,
@@ -222,6 +223,24 @@ class PublishedIndex:
             return cls(root, manifest, cache)
         except CacheError as error:
             raise IndexIntegrityError(str(error)) from None
+
+    def close(self) -> None:
+        """Let go of the version: the shard pool is shut down, the Annoy files unloaded and
+        every other mapping dropped, so that its pages and (once deleted) its files are
+        freed. The reader answers nothing after this; whoever closes it must know that no
+        query is still running on it (``catalog-index serve`` counts them)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            for shard in self.shards:
+                shard.annoy.unload()
+            self.shards, self._groups, self._pool = [], [], None
+            for mapped in (*(self._changes or ()), self._query_model_file):
+                if isinstance(mapped, mmap.mmap):
+                    mapped.close()
+            self._changes = self._query_model_file = None
+            self._text_index = self._model = None
+            self.closed = True
 
     def changes(self) -> pa.Table:
         """What changed since the version published before this one: a table of
