@@ -47,6 +47,8 @@ MAX_VECTOR = 4_096
 MAX_CHANGES_PAGE = 10_000
 VERSION_HEADER = "x-index-version"
 FORM_OVERHEAD_BYTES = 64 * 1024  # a multipart body's boundaries and other fields
+# A refused body is read and dropped up to this much more, so that its sender reads the 413.
+DRAIN_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +155,12 @@ class ServeMiddleware:
 
         limit, received = self.settings.max_body_bytes, 0
         declared = _content_length(scope)
+        deadline = started + self.settings.request_timeout
         if declared is not None and declared > limit:
             outcome["refused"] = (413, f"request body of {declared:,} bytes is over the "
                                   f"limit of {limit:,}")
-        deadline = started + self.settings.request_timeout
+            if declared <= limit + DRAIN_BYTES and not _header(scope, b"expect"):
+                await _drain(receive, DRAIN_BYTES + limit, deadline)
 
         async def receive_wrapper():
             nonlocal received
@@ -174,6 +178,8 @@ class ServeMiddleware:
                 if received > limit:
                     outcome["refused"] = (413, f"request body over the limit of {limit:,} "
                                           "bytes")
+                    if message.get("more_body"):
+                        await _drain(receive, DRAIN_BYTES, deadline)
                     return {"type": "http.disconnect"}
             return message
 
@@ -199,14 +205,35 @@ class ServeMiddleware:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
-def _content_length(scope) -> Optional[int]:
+def _header(scope, wanted: bytes) -> Optional[bytes]:
     for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+        if name == wanted:
+            return value
     return None
+
+
+def _content_length(scope) -> Optional[int]:
+    try:
+        return int(_header(scope, b"content-length"))
+    except (TypeError, ValueError):
+        return None
+
+
+async def _drain(receive, budget: int, deadline: float) -> None:
+    """Read and drop what is left of a refused body, up to ``budget`` bytes and the time
+    limit, so that the client, still sending, can read the 413 before the connection
+    closes (closing on unread bytes resets the connection, and the answer is lost)."""
+    drained = 0
+    while drained <= budget:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 # --- the app ------------------------------------------------------------------------------
