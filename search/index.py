@@ -173,8 +173,10 @@ class PublishedIndex:
                          for shard in manifest["index"]["shards"]] \
             if _has_changes(manifest) else None
         query_model = manifest.get("query_model")
-        self._query_model_file = _map(os.path.join(local_dir, query_model["file"])) \
+        self._query_model_path = os.path.join(local_dir, query_model["file"]) \
             if query_model else None
+        self._query_model_file = _map(self._query_model_path) if query_model else None
+        self._query_model_status = _identity(self._query_model_path) if query_model else None
         # The shards in one group per core, each group searched on a thread of its own
         # (the caller's thread takes the first): one task per core and query, not per shard.
         groups = np.array_split(np.arange(len(self.shards)),
@@ -441,6 +443,10 @@ class PublishedIndex:
         info = ModelInfo(name=built_with["name"], fingerprint=built_with["fingerprint"],
                          embedding_dim=built_with["embedding_dim"], runtime="tflite",
                          preprocessing=PreprocessingSpec.from_dict(built_with["preprocessing"]))
+        if _identity(self._query_model_path) == self._query_model_status:
+            # The file mapped at open, still in place: LiteRT maps it itself, so processes
+            # that open the same version share its pages (catalog-index serve's workers).
+            return TFLiteEmbeddingModel(self._query_model_path, info)
         return TFLiteEmbeddingModel(None, info, model_content=bytes(self._query_model_file))
 
     def _load_model(self, spec: Optional[str], runtime: str):
@@ -488,6 +494,15 @@ def _map(path: str):
         if not os.fstat(stream.fileno()).st_size:
             return b""  # mmap refuses an empty file
         return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _identity(path: str) -> Optional[tuple]:
+    """What says a file is still the one mapped: device, inode, size, mtime (None: gone)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _fetch_and_verify(cache: VersionCache, manifest: dict) -> None:
