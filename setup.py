@@ -26,6 +26,14 @@ INSTALL_REQUIRES = [
     "PyStemmer==2.2.0.3",  # Snowball stemming for the text analyzer (catalog_index/text_index.py)
     "simplejpeg==1.9.0",  # libjpeg-turbo decode at 1/2, 1/4, 1/8 scale (models/preprocessing.py)
     "cykooz-resizer==4.0.1",  # SIMD antialiased resize, Pillow's filters (models/preprocessing.py)
+    # catalog-index serve (serve/): the HTTP API and search page, Prometheus metrics,
+    # image uploads (multipart forms)
+    "fastapi==0.165.0",
+    "uvicorn==0.55.0",
+    "httptools==0.9.0",  # uvicorn's fast HTTP parser (what uvicorn[standard] brings)
+    "uvloop==0.23.0",  # and its fast event loop
+    "prometheus-client==0.26.0",
+    "python-multipart==0.0.34",
 ]
 
 # The distributed engine that runs on one machine too (runners/dask.py adapts Beam's runner).
@@ -56,7 +64,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines*", "transforms*", "models*", "search*", "runners*",
-                                    "catalog_index*"]),
+                                    "catalog_index*", "serve*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["catalog-index=pipelines.cli:main"]},

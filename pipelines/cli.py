@@ -11,6 +11,7 @@ catalog-index: one command for the build and the query side.
   catalog-index query --index ROOT (--image PATH | --item-id ID | --text "...") [-k 10] [--json]
   catalog-index rollback --index ROOT --version ID          (point LATEST at an earlier version)
   catalog-index prune --index ROOT --keep N [--dry-run]     (delete old versions, safely)
+  catalog-index serve --index ROOT [--port 8080] [--workers N]  (HTTP API and search page)
 """
 
 
@@ -30,6 +31,8 @@ def main(argv=None) -> None:
         from pipelines.rollback import run
     elif command == "prune":
         from pipelines.prune import run
+    elif command == "serve":
+        from serve.cli import run
     elif command in ("-h", "--help"):
         print(USAGE.strip())
         sys.exit(0)

@@ -173,8 +173,10 @@ class PublishedIndex:
                          for shard in manifest["index"]["shards"]] \
             if _has_changes(manifest) else None
         query_model = manifest.get("query_model")
-        self._query_model_file = _map(os.path.join(local_dir, query_model["file"])) \
+        self._query_model_path = os.path.join(local_dir, query_model["file"]) \
             if query_model else None
+        self._query_model_file = _map(self._query_model_path) if query_model else None
+        self._query_model_status = _identity(self._query_model_path) if query_model else None
         # The shards in one group per core, each group searched on a thread of its own
         # (the caller's thread takes the first): one task per core and query, not per shard.
         groups = np.array_split(np.arange(len(self.shards)),
@@ -182,6 +184,7 @@ class PublishedIndex:
         self._groups = [group.tolist() for group in groups if len(group)]
         self._pool = ThreadPoolExecutor(len(self._groups) - 1, "shard-search") \
             if len(self._groups) > 1 else None
+        self.closed = False
 
     @classmethod
     def open(cls, root: str, version: Optional[str] = None,
@@ -222,6 +225,24 @@ class PublishedIndex:
             return cls(root, manifest, cache)
         except CacheError as error:
             raise IndexIntegrityError(str(error)) from None
+
+    def close(self) -> None:
+        """Let go of the version: the shard pool is shut down, the Annoy files unloaded and
+        every other mapping dropped, so that its pages and (once deleted) its files are
+        freed. The reader answers nothing after this; whoever closes it must know that no
+        query is still running on it (``catalog-index serve`` counts them)."""
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            for shard in self.shards:
+                shard.annoy.unload()
+            self.shards, self._groups, self._pool = [], [], None
+            for mapped in (*(self._changes or ()), self._query_model_file):
+                if isinstance(mapped, mmap.mmap):
+                    mapped.close()
+            self._changes = self._query_model_file = None
+            self._text_index = self._model = None
+            self.closed = True
 
     def changes(self) -> pa.Table:
         """What changed since the version published before this one: a table of
@@ -422,6 +443,10 @@ class PublishedIndex:
         info = ModelInfo(name=built_with["name"], fingerprint=built_with["fingerprint"],
                          embedding_dim=built_with["embedding_dim"], runtime="tflite",
                          preprocessing=PreprocessingSpec.from_dict(built_with["preprocessing"]))
+        if _identity(self._query_model_path) == self._query_model_status:
+            # The file mapped at open, still in place: LiteRT maps it itself, so processes
+            # that open the same version share its pages (catalog-index serve's workers).
+            return TFLiteEmbeddingModel(self._query_model_path, info)
         return TFLiteEmbeddingModel(None, info, model_content=bytes(self._query_model_file))
 
     def _load_model(self, spec: Optional[str], runtime: str):
@@ -469,6 +494,15 @@ def _map(path: str):
         if not os.fstat(stream.fileno()).st_size:
             return b""  # mmap refuses an empty file
         return mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _identity(path: str) -> Optional[tuple]:
+    """What says a file is still the one mapped: device, inode, size, mtime (None: gone)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def _fetch_and_verify(cache: VersionCache, manifest: dict) -> None:
