@@ -120,7 +120,9 @@ def next_steps(output_root: str, catalog: str, first: dict) -> list:
             "query it (by image, by item, by text):",
             f"  {query} --image {shlex.quote(image)}",
             f"  {query} --item-id {shlex.quote(first['item_id'])}",
-            f"  {query} --text {shlex.quote(first['category'].lower())}"]
+            f"  {query} --text {shlex.quote(first['category'].lower())}",
+            "serve it (HTTP API and search page at http://127.0.0.1:8080/):",
+            f"  {command} serve --index {shlex.quote(output_root)}"]
 
 
 if __name__ == "__main__":

@@ -292,7 +292,9 @@ def test_the_demo_says_where_the_report_is_and_its_queries_run(built):
         first = next(row for row in csv.DictReader(stream) if row["category"])
     lines = next_steps(output, catalog, first)
     assert lines[0] == f"report: {path}  (open it in a browser)"
-    commands = [shlex.split(line) for line in lines[2:]]
+    commands = [shlex.split(line) for line in lines[2:5]]
+    serve = shlex.split(lines[6])
+    assert lines[5].startswith("serve it") and serve[1:] == ["serve", "--index", output]
     assert [command[command.index("query") + 3] for command in commands] == [
         "--image", "--item-id", "--text"]
     assert commands[2][-1] == first["category"].lower() == "t-shirt/top"
