@@ -100,6 +100,16 @@ def test_a_gate_that_cannot_run_says_so():
     assert found["message"] == "label precision not measured: the catalog has no label column"
 
 
+def test_a_first_version_reports_its_label_precision_but_no_change():
+    quality = {"ann_recall_at_10": 0.97, "recall_queries": 1000, "failure_rate": 0.01,
+               "label_column": "category", "label_p_at_10": 0.9}
+    found = next(check for check in quality_gate(quality, THRESHOLDS, MODEL, None)
+                 if check["check"] == "label_precision")
+    assert found["passed"] and found["value"] is None  # the report's column is a change
+    assert found["message"] == ("P@10 of the category labels is 0.900 (nothing measured "
+                                "before to compare with)")
+
+
 def test_passing_checks_say_what_passed_and_failing_ones_what_failed():
     good = {"ann_recall_at_10": 0.997, "recall_queries": 1000, "failure_rate": 0.0,
             "indexed_change": 0.01, "ranked_share": 1.0, "rank_queries": 1000}

@@ -244,7 +244,8 @@ def _label_precision_checks(quality: dict, thresholds: dict, previous) -> list:
                            "label precision not measured: "
                            + quality.get("label_not_measured", "no label column"),
                            "")]
-        return [_check("label_precision", measured, None, True,
+        # the figure is not a change: the value column (a change) stays empty
+        return [_check("label_precision", None, None, True,
                        f"P@10 of the {column} labels is {measured:.3f} (nothing measured "
                        "before to compare with)", "")]
     was, was_column = before["label_p_at_10"], before.get("label_column")
