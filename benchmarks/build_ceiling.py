@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import tempfile
 import threading
 import time
 
@@ -56,7 +57,8 @@ def run_loop(paths: list, model, captioner, steps: str) -> float:
     from catalog_index.schema import shard_of
     from models.loader import LITE0_PREPROCESSING
     from models.preprocessing import preprocess_image
-    from transforms.write_metadata import embeddings_table, metadata_table, parquet_bytes
+    from transforms.shard import ShardSpill, shard_record
+    from transforms.write_metadata import write_embeddings_parquet, write_metadata_parquet
 
     defaults = build_defaults()
     batch_size = defaults["batch_size"]
@@ -110,8 +112,16 @@ def run_loop(paths: list, model, captioner, steps: str) -> float:
             tuned = ann.tune_shard(vectors, defaults["n_trees"], defaults["seed"],
                                    defaults["min_recall"], ann.queries_per_shard(NUM_SHARDS))
             tuned.index.save(os.devnull)
-            parquet_bytes(metadata_table(items, []))
-            parquet_bytes(embeddings_table(items, "fingerprint"))
+            # the shard's Parquet files as the shard stage writes them: rows sorted by
+            # item_id through its spill file, then metadata and embeddings
+            with tempfile.TemporaryDirectory() as scratch:
+                spill = ShardSpill(scratch, [], vectors.shape[1])
+                for item in items:
+                    spill.add(shard_record(item))
+                table, sorted_vectors = spill.sorted()
+                write_metadata_parquet(table, shard, [], os.path.join(scratch, "metadata"))
+                write_embeddings_parquet(table, sorted_vectors, "fingerprint",
+                                         os.path.join(scratch, "embeddings"))
     return time.perf_counter() - started
 
 
