@@ -19,7 +19,12 @@ hits all four:
    before it, ran twice).
 4. **Side inputs.** A side input is read by computing its producer's bag inside the
    consuming task, once for every side input and bundle that reads it. Here it is one
-   node of the graph, computed once and handed to every bundle.
+   node of the graph, computed once and handed to every bundle; and that node is made
+   without optimizing its graph (``to_delayed(optimize_graph=False)``): optimized, it held
+   renamed copies of everything upstream, so a side input derived from a PCollection that
+   is also read as a main input computed that PCollection again (the build embedded
+   every image four times: for the Caption stage, the caption model, the projection and
+   its sample).
 
 And one change for speed: Beam's GroupByKey keeps its input's partitions, and the build's
 catalog arrives as one partition (a ``Create`` of one catalog path, then a ``FlatMap`` of its
@@ -95,7 +100,7 @@ def _as_whole(bag: db.Bag):
     """A bag as one delayed list: one node of the graph that every reader shares. (A bag
     ``Item`` handed to ``map_partitions`` is computed again for each reader; a ``Delayed``
     is computed once.)"""
-    return bag.reduction(list, _concatenated).to_delayed()
+    return bag.reduction(list, _concatenated).to_delayed(optimize_graph=False)
 
 
 class _ParDo(beam_ops.DaskBagOp):

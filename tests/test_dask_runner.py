@@ -113,7 +113,28 @@ def side_input(pipeline, folder):
     return {"sum": 4, "count": 4, "produced": 10}
 
 
-GAPS = [tagged_outputs, finish_bundle_output, two_sinks, side_input]
+def side_input_from_a_main_input(pipeline, folder):
+    """A side input derived from a PCollection that a transform also reads as its main
+    input (the build's projection and caption model, fitted on the embedded items that the
+    Caption stage reads): the PCollection is computed once, not once more for the side
+    input (the build embedded every image four times, one per such reader)."""
+    def producer(n):
+        path = os.path.join(folder, f"produced-{os.getpid()}-{n}-{os.urandom(4).hex()}.txt")
+        open(path, "w").write(f"{n}\n")
+        return n
+
+    produced = pipeline | "Ten" >> beam.Create(range(10)) | "Produce" >> beam.Map(producer)
+    total = produced | "Total" >> beam.CombineGlobally(sum)
+    largest = produced | "Largest" >> beam.CombineGlobally(max)
+    _ = (produced | "Shift" >> beam.Map(lambda n, t, m: n + t + m,
+                                        beam.pvalue.AsSingleton(total),
+                                        beam.pvalue.AsSingleton(largest))
+         | "OutShift" >> _write(folder, "shift"))
+    return {"shift": 10, "produced": 10}
+
+
+GAPS = [tagged_outputs, finish_bundle_output, two_sinks, side_input,
+        side_input_from_a_main_input]
 
 
 def run(pipeline_fn, runner, folder, options=()):
