@@ -114,13 +114,19 @@ def library_process(root, cache_dir, threads, seconds, ids, images, results):
             latencies[kind].append(time.perf_counter() - started)
             n += 7
 
+    results.put({"latencies": latencies, "cpu_s": run_threads(worker, threads)})
+
+
+def run_threads(worker, threads: int) -> float:
+    """``worker(n)`` on ``threads`` threads, n = 0, 1, ...; -> this process's CPU seconds
+    while they ran."""
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
     cpu = time.process_time()
     for thread in pool:
         thread.start()
     for thread in pool:
         thread.join()
-    results.put({"latencies": latencies, "cpu_s": time.process_time() - cpu})
+    return time.process_time() - cpu
 
 
 def run_library(root, cache_dir, clients, processes, seconds, ids, images) -> dict:
@@ -146,11 +152,10 @@ def run_library(root, cache_dir, clients, processes, seconds, ids, images) -> di
 
 def client_process(port, threads, seconds, ids, images, published, results, number):
     latencies = {kind: [] for kind in KINDS}
-    failed, out_of_order, sequences = [], 0, []
+    failed, sequences = [], []
     barrier = threading.Barrier(threads)
 
     def worker(thread_number):
-        nonlocal out_of_order
         http = Client(port)
         seen = []
         barrier.wait()
@@ -182,14 +187,9 @@ def client_process(port, threads, seconds, ids, images, published, results, numb
         http.close()
         sequences.append(seen)
 
-    pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
-    cpu = time.process_time()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    cpu_s = run_threads(worker, threads)
     results.put({"latencies": latencies, "failed": failed, "sequences": sequences,
-                 "cpu_s": time.process_time() - cpu})
+                 "cpu_s": cpu_s})
 
 
 def run_http(root, work, workers, clients, seconds, ids, images, schedule, published) -> dict:

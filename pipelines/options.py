@@ -9,7 +9,8 @@ import argparse
 from typing import List
 
 from catalog_index import storage
-from catalog_index.cli import OneLineParser, UsageError  # noqa: F401 (the build's too)
+from catalog_index.cli import (OneLineParser, UsageError,  # noqa: F401 (the build's too)
+                               positive_int, whole_number)
 from catalog_index.schema import InvalidVersionId, check_version_id
 from catalog_index.sizing import DEFAULT_MAX_SHARD_MB
 from models import caption_transfer
@@ -47,22 +48,8 @@ def _column_list(text: str) -> List[str]:
     return columns
 
 
-def _whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
-
-
 def _shard_count(text: str):
-    return "auto" if text == "auto" else _positive_int(text)
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def _version_id(text: str) -> str:
@@ -103,7 +90,7 @@ def switches_without_values(argv: List[str]) -> List[str]:
 
 
 def _dimensions(text: str) -> int:
-    value = _whole_number(text)
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 (no projection) or more")
     return value
@@ -135,7 +122,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("num-shards", type=_shard_count, default="auto", metavar="N",
            help="number of Annoy index shards, or auto (default): as many as keep each "
                 "shard's index vectors within --max-shard-mb")
-    option("max-shard-mb", type=_positive_int, default=DEFAULT_MAX_SHARD_MB, metavar="MB",
+    option("max-shard-mb", type=positive_int, default=DEFAULT_MAX_SHARD_MB, metavar="MB",
            help="with --num-shards auto, the most MiB a shard's index vectors take (float32 "
                 f"at the index's width; default {DEFAULT_MAX_SHARD_MB}: 250,000 items at "
                 "265 dimensions). A worker holds one shard's at a time while it builds its "
@@ -151,14 +138,14 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
                 "(local or gs://), or hub:HANDLE")
     option("runtime", choices=RUNTIMES, default="auto",
            help="auto (default: Keras on a GPU, TFLite on CPU), keras, tflite or savedmodel")
-    option("batch-size", type=_positive_int, default=4, metavar="N",
+    option("batch-size", type=positive_int, default=4, metavar="N",
            help="inference batch size (default 4: TFLite on CPU is fastest per image at "
                 "2-4, where a batch's activations stay in the core's cache; use 64-256 on "
                 "a GPU); only the last batch of a bundle is smaller")
-    option("inference-threads", type=_positive_int, default=None, metavar="N",
+    option("inference-threads", type=positive_int, default=None, metavar="N",
            help="threads per TFLite interpreter; a worker runs cores/N batches at once "
                 "(default: cores / local worker threads, or 1 on a distributed runner)")
-    option("n-trees", type=_positive_int, default=16, metavar="N",
+    option("n-trees", type=positive_int, default=16, metavar="N",
            help="Annoy trees per shard to start with; doubled (up to twice) when the "
                 "recall target needs it (default 16)")
     option("seed", type=int, default=42, help="Annoy build seed (default 42)")
@@ -180,10 +167,10 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     option("precision", choices=PRECISIONS, default="float32",
            help="float32 (default) or mixed (float16 compute on a GPU, float32 "
                 "embeddings; Keras runtime only)")
-    option("max-image-bytes", type=_positive_int, default=storage.DEFAULT_MAX_IMAGE_BYTES,
+    option("max-image-bytes", type=positive_int, default=storage.DEFAULT_MAX_IMAGE_BYTES,
            metavar="N", help="image files larger than this are refused before they are "
            f"read (default {storage.DEFAULT_MAX_IMAGE_BYTES:,})")
-    option("max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+    option("max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
            help=f"images with more pixels are rejected (default {DEFAULT_MAX_PIXELS:,})")
     option("full", action="store_true",
            help="embed every image again, even those whose bytes the published version "

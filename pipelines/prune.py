@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from catalog_index import storage, versions
-from catalog_index.cli import OneLineParser, UsageError
+from catalog_index.cli import OneLineParser, UsageError, whole_number
 from catalog_index.schema import MANIFEST_FILE, join, version_dir
 
 DESCRIPTION = """\
@@ -61,10 +61,7 @@ class Decision:
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return value

@@ -13,7 +13,7 @@ import tempfile
 from typing import List, Optional
 
 from catalog_index import storage
-from catalog_index.cli import OneLineParser, UsageError
+from catalog_index.cli import OneLineParser, UsageError, positive_int, positive_number
 from catalog_index.storage import DEFAULT_MAX_IMAGE_BYTES
 from models.preprocessing import DEFAULT_MAX_PIXELS
 
@@ -31,16 +31,6 @@ It listens on loopback unless --host says otherwise.
 """
 
 
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if value <= 0:
-            raise ValueError
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = OneLineParser(prog="catalog-index serve", description=DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,18 +41,18 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
     parser.add_argument("--workers", type=int, default=1,
                         help="worker processes (default 1); they share the index's pages")
-    parser.add_argument("--poll-seconds", type=positive(float), default=5.0, metavar="S",
+    parser.add_argument("--poll-seconds", type=positive_number, default=5.0, metavar="S",
                         help="how often LATEST is read (default 5)")
-    parser.add_argument("--request-timeout", type=positive(float), default=10.0, metavar="S",
+    parser.add_argument("--request-timeout", type=positive_number, default=10.0, metavar="S",
                         help="time limit of a request, body and query (default 10)")
-    parser.add_argument("--max-image-bytes", type=positive(int),
+    parser.add_argument("--max-image-bytes", type=positive_int,
                         default=DEFAULT_MAX_IMAGE_BYTES, metavar="N",
                         help=f"largest image upload (default {DEFAULT_MAX_IMAGE_BYTES:,}, as "
                              "the build)")
-    parser.add_argument("--max-pixels", type=positive(int), default=DEFAULT_MAX_PIXELS,
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
                         metavar="N", help=f"largest image in pixels (default "
                                           f"{DEFAULT_MAX_PIXELS:,}, as the build)")
-    parser.add_argument("--query-threads", type=positive(int), default=8, metavar="N",
+    parser.add_argument("--query-threads", type=positive_int, default=8, metavar="N",
                         help="queries a worker runs at once (default 8)")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="the reader's cache (default: the reader's own)")

@@ -44,11 +44,9 @@ class _BuildTextIndex(beam.DoFn):
         for summary in shards:
             local = os.path.join(scratch, f"metadata-{summary['shard']}.parquet")
             storage.download_file(join(self.version_dir, summary["metadata_file"]), local)
-            # pre_buffer off: a row group in memory at a time (storage.parquet_batches)
-            with pq.ParquetFile(local, pre_buffer=False) as metadata:
-                columns = text_columns(metadata.schema_arrow) + ["caption_source",
-                                                                 "caption_confidence"]
-                yield from metadata.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns)
+            columns = text_columns(pq.read_schema(local)) + ["caption_source",
+                                                              "caption_confidence"]
+            yield from storage.parquet_batches(local, ROWS_PER_BATCH, columns)
             os.remove(local)
 
 
